@@ -1,0 +1,93 @@
+"""The Flask application factory: wiring, and the one place errors become responses."""
+
+from __future__ import annotations
+
+import errno
+import logging
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+from .body import abandon_unread_body
+from .cors import apply_cors
+from .middleware import MethodOverride, TrustedProxy
+from .protocol import (
+    TUS_VERSION,
+    InsufficientStorage,
+    ServiceUnavailable,
+    TusError,
+)
+from .registry import make_registry
+from .settings import Settings
+from .storage import FileStore
+from .transfer import Appender, BufferPool
+from .views import Services, blueprint
+
+log = logging.getLogger("resumable")
+
+try:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    REDIS_UNAVAILABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
+except ImportError:  # pragma: no cover - redis is a dependency
+    REDIS_UNAVAILABLE = ()
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """A tus server for ``settings`` (defaults and ``RESUMABLE_*`` when None)."""
+    settings = settings or Settings.load()
+    app = Flask(__name__)
+    store = FileStore(settings.data_dir, fsync=settings.fsync)
+    registry = make_registry(settings, store)
+    app.extensions["resumable"] = Services(
+        settings=settings,
+        store=store,
+        registry=registry,
+        appender=Appender(settings, registry, store, BufferPool(settings.chunk_size)),
+    )
+    app.register_blueprint(blueprint, url_prefix=settings.base_path.rstrip("/"))
+
+    @app.after_request
+    def tus_headers(response: Response) -> Response:
+        response.headers["Tus-Resumable"] = TUS_VERSION
+        apply_cors(request, response, settings.allowed_origins)
+        return response
+
+    app.register_error_handler(TusError, error_response)
+    app.register_error_handler(HTTPException, http_error_response)
+    app.register_error_handler(Exception, unexpected_error_response)
+
+    app.wsgi_app = MethodOverride(app.wsgi_app)  # type: ignore[method-assign]
+    if settings.trust_proxy:
+        app.wsgi_app = TrustedProxy(app.wsgi_app)  # type: ignore[method-assign]
+    return app
+
+
+def error_response(error: TusError) -> Response:
+    abandon_unread_body(request.environ)
+    body = "" if request.method == "HEAD" else error.message + "\n"
+    response = Response(
+        body, status=error.status_line, headers=error.headers, mimetype="text/plain"
+    )
+    return response
+
+
+def http_error_response(error: HTTPException) -> Response:
+    """Routing errors (404, 405) in the same plain form as protocol errors."""
+    tus_error = TusError(error.description or error.name)
+    tus_error.status = error.code or 500
+    if error.code == 405 and error.valid_methods:
+        tus_error.headers["Allow"] = ", ".join(error.valid_methods)
+    return error_response(tus_error)
+
+
+def unexpected_error_response(error: Exception) -> Response:
+    if REDIS_UNAVAILABLE and isinstance(error, REDIS_UNAVAILABLE):
+        log.warning("redis unavailable: %s", error)
+        return error_response(ServiceUnavailable("the upload registry is unavailable; retry"))
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return error_response(InsufficientStorage("the server's storage is full; retry later"))
+    log.exception("unexpected error")
+    tus_error = TusError("internal error")
+    return error_response(tus_error)

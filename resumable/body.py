@@ -1,0 +1,293 @@
+"""Request bodies read in bounded slices, so a writer can be interrupted.
+
+A PATCH may stream for hours, and a client whose network died leaves the
+server blocked in a read of a socket that will never deliver again. tus
+clients retry within a second, so the server must notice a *release request*
+from the retry, or a stalled client, while it waits for bytes. WSGI offers
+only a blocking ``read()``; so under gunicorn this module takes the request's
+socket (``environ["gunicorn.socket"]``) and reads the body itself:
+
+* with a socket timeout of one heartbeat, calling ``on_idle`` on every
+  timeout so the caller can renew its lock, check for a release request and
+  enforce its read timeout;
+* with ``recv_into`` straight into the caller's reused buffer (no copies,
+  no allocation per chunk);
+* decoding ``Transfer-Encoding: chunked`` itself, which also hands the
+  trailers to the application (gunicorn keeps them out of WSGI's reach).
+
+gunicorn has already parsed the headers and may hold the first body bytes in
+its read buffer; they are taken from there, and whatever follows the body
+(a pipelined request) is given back, and gunicorn's own reader is told the
+body is consumed so keep-alive goes on. When the body is left half read, the
+connection is marked failed and gunicorn closes it.
+
+Anywhere else (a test client, another WSGI server) the body is read from
+``wsgi.input`` with plain blocking reads.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+from collections.abc import Callable
+
+try:
+    from gunicorn.http.body import Body as GunicornBody
+    from gunicorn.http.body import ChunkedReader, LengthReader
+except ImportError:  # pragma: no cover - gunicorn is a dependency
+    GunicornBody = ChunkedReader = LengthReader = None  # type: ignore[assignment,misc]
+
+MAX_CHUNK_LINE = 4096
+MAX_TRAILERS = 16 * 1024
+
+
+class BodyError(Exception):
+    """The body ended otherwise than the request said it would."""
+
+
+class ClientDisconnected(BodyError):
+    pass
+
+
+class MalformedBody(BodyError):
+    pass
+
+
+class RequestBody:
+    """A request body: ``readinto`` returns 0 at its end."""
+
+    #: Content-Length, or None for a chunked body.
+    declared_length: int | None = None
+    #: Trailer fields of a chunked body (lower-cased names), once it ended.
+    trailers: dict[str, str]
+
+    def readinto(self, view: memoryview) -> int:
+        raise NotImplementedError
+
+    def release(self, complete: bool) -> None:
+        """Hand the connection back; ``complete`` says the body was read to its end."""
+
+
+class StreamBody(RequestBody):
+    """Plain blocking reads from ``wsgi.input`` (non-gunicorn servers)."""
+
+    def __init__(self, stream: io.RawIOBase, length: int | None):
+        self.stream = stream
+        self.declared_length = length
+        self.remaining = length
+        self.trailers = {}
+
+    def readinto(self, view: memoryview) -> int:
+        want = len(view) if self.remaining is None else min(len(view), self.remaining)
+        if want == 0:
+            return 0
+        data = self.stream.read(want)
+        if not data:
+            if self.remaining is not None:
+                raise ClientDisconnected("body ended before Content-Length")
+            return 0
+        view[: len(data)] = data
+        if self.remaining is not None:
+            self.remaining -= len(data)
+        return len(data)
+
+
+class SocketSource:
+    """A socket with a push-back buffer and a read timeout that calls back."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        buffered: bytes,
+        on_idle: Callable[[], None],
+        poll_interval: float,
+    ):
+        self.sock = sock
+        self.pending = bytearray(buffered)
+        self.on_idle = on_idle
+        self.previous_timeout = sock.gettimeout()
+        sock.settimeout(poll_interval)
+
+    def readinto(self, view: memoryview) -> int:
+        if self.pending:
+            n = min(len(view), len(self.pending))
+            view[:n] = self.pending[:n]
+            del self.pending[:n]
+            return n
+        while True:
+            try:
+                return self.sock.recv_into(view)
+            except TimeoutError:
+                self.on_idle()
+            except (ConnectionError, OSError) as error:
+                raise ClientDisconnected(str(error)) from None
+
+    def readline(self, limit: int) -> bytes:
+        """One CRLF-terminated line (without the CRLF)."""
+        while True:
+            end = self.pending.find(b"\n")
+            if end >= 0:
+                line = bytes(self.pending[:end])
+                del self.pending[: end + 1]
+                if not line.endswith(b"\r"):
+                    raise MalformedBody("chunked body line does not end with CRLF")
+                return line[:-1]
+            if len(self.pending) > limit:
+                raise MalformedBody("chunked body line is too long")
+            scratch = bytearray(4096)
+            n = self.readinto(memoryview(scratch))
+            if n == 0:
+                raise ClientDisconnected("connection closed inside a chunked body")
+            self.pending += scratch[:n]
+
+    def restore(self) -> None:
+        try:
+            self.sock.settimeout(self.previous_timeout)
+        except OSError:
+            pass
+
+
+class _GunicornBody(RequestBody):
+    """Shared by both framings: adoption of gunicorn's socket and buffers."""
+
+    def __init__(self, environ: dict, on_idle: Callable[[], None], poll_interval: float):
+        self.wsgi_input = environ["wsgi.input"]
+        self.reader = self.wsgi_input.reader
+        self.unreader = self.reader.unreader
+        self.source = SocketSource(
+            environ["gunicorn.socket"], self.unreader.take_buffered(), on_idle, poll_interval
+        )
+        self.trailers = {}
+        self.ended = False
+
+    def release(self, complete: bool) -> None:
+        self.source.restore()
+        if complete and self.ended:
+            # Bytes read past the body belong to the next request.
+            if self.source.pending:
+                self.unreader.unread(bytes(self.source.pending))
+            self._mark_consumed()
+        else:
+            self.wsgi_input.failed = True
+
+    def _mark_consumed(self) -> None:
+        raise NotImplementedError
+
+
+class GunicornLengthBody(_GunicornBody):
+    def __init__(self, environ: dict, on_idle: Callable[[], None], poll_interval: float):
+        super().__init__(environ, on_idle, poll_interval)
+        self.declared_length = self.reader.length
+        self.remaining = self.reader.length
+        self.ended = self.remaining == 0
+
+    def readinto(self, view: memoryview) -> int:
+        if self.remaining == 0:
+            self.ended = True
+            return 0
+        if len(view) > self.remaining:
+            view = view[: self.remaining]
+        n = self.source.readinto(view)
+        if n == 0:
+            raise ClientDisconnected("connection closed before Content-Length bytes arrived")
+        self.remaining -= n
+        if self.remaining == 0:
+            self.ended = True
+        return n
+
+    def _mark_consumed(self) -> None:
+        self.reader.length = 0
+
+
+class GunicornChunkedBody(_GunicornBody):
+    def __init__(self, environ: dict, on_idle: Callable[[], None], poll_interval: float):
+        super().__init__(environ, on_idle, poll_interval)
+        self.chunk_left = 0
+        self.started = False
+
+    def readinto(self, view: memoryview) -> int:
+        if self.ended:
+            return 0
+        if self.chunk_left == 0:
+            if self.started and self.source.readline(2) != b"":
+                raise MalformedBody("chunk data is longer than its size line says")
+            self.started = True
+            self.chunk_left = self._read_chunk_size()
+            if self.chunk_left == 0:
+                self._read_trailers()
+                self.ended = True
+                return 0
+        if len(view) > self.chunk_left:
+            view = view[: self.chunk_left]
+        n = self.source.readinto(view)
+        if n == 0:
+            raise ClientDisconnected("connection closed inside a chunk")
+        self.chunk_left -= n
+        return n
+
+    def _read_chunk_size(self) -> int:
+        line = self.source.readline(MAX_CHUNK_LINE)
+        size_text = line.split(b";", 1)[0].strip(b" \t")
+        if (
+            not size_text
+            or len(size_text) > 16
+            or any(c not in b"0123456789abcdefABCDEF" for c in size_text)
+        ):
+            raise MalformedBody("invalid chunk size")
+        return int(size_text, 16)
+
+    def _read_trailers(self) -> None:
+        total = 0
+        while True:
+            line = self.source.readline(MAX_TRAILERS)
+            if not line:
+                return
+            total += len(line)
+            if total > MAX_TRAILERS:
+                raise MalformedBody("trailer section is too large")
+            name, sep, value = line.partition(b":")
+            if not sep or not name or name != name.strip():
+                raise MalformedBody("malformed trailer field")
+            self.trailers[name.decode("latin-1").lower()] = value.strip().decode("latin-1")
+
+    def _mark_consumed(self) -> None:
+        self.reader.parser = None
+        self.reader.buf = io.BytesIO()
+
+
+def open_body(environ: dict, on_idle: Callable[[], None], poll_interval: float) -> RequestBody:
+    """The request's body, read from gunicorn's socket when it is there."""
+    stream = environ["wsgi.input"]
+    if (
+        GunicornBody is not None
+        and isinstance(stream, GunicornBody)
+        and environ.get("gunicorn.socket") is not None
+        and stream.buf.tell() == 0
+        and hasattr(stream.reader, "unreader")
+    ):
+        if isinstance(stream.reader, LengthReader):
+            return GunicornLengthBody(environ, on_idle, poll_interval)
+        if isinstance(stream.reader, ChunkedReader) and stream.reader.parser is not None:
+            return GunicornChunkedBody(environ, on_idle, poll_interval)
+    length = environ.get("CONTENT_LENGTH")
+    declared = int(length) if length and length.isdigit() else None
+    if declared is None and not environ.get("wsgi.input_terminated"):
+        declared = 0  # no length and no terminated stream: no body we can find the end of
+    return StreamBody(stream, declared)
+
+
+#: An unread remainder up to this size is drained by gunicorn to keep the
+#: connection; a larger one closes it rather than read what nobody will keep.
+DRAIN_LIMIT = 64 * 1024
+
+
+def abandon_unread_body(environ: dict) -> None:
+    """After an early error answer: do not let gunicorn read a large body to its end."""
+    stream = environ.get("wsgi.input")
+    if GunicornBody is None or not isinstance(stream, GunicornBody) or stream.failed:
+        return
+    reader = stream.reader
+    if isinstance(reader, LengthReader) and reader.length > DRAIN_LIMIT:
+        stream.failed = True
+    elif isinstance(reader, ChunkedReader) and reader.parser is not None:
+        stream.failed = True

@@ -1,0 +1,139 @@
+"""What every registry backend provides: records, offsets, locks, release requests.
+
+The lock protocol (design.md, invariants 2 and 3):
+
+* A writer (PATCH, DELETE, concatenation) *acquires* the upload's lock. If it
+  is held, the newcomer posts a **hard** release request and waits up to
+  ``lock_wait`` for the holder to commit what it has and let go; then 423.
+* A reader (HEAD) posts a **soft** request instead: the holder commits every
+  byte it has received, acknowledges, and keeps going. So dashboards can poll
+  HEAD without breaking running uploads, and a client retrying past a dead
+  connection still learns every byte that arrived; its following PATCH then
+  frees the stuck holder with a hard request.
+* The holder renews the lease and reads its mailbox once per heartbeat.
+  Commits are conditional on still holding the lease, and a holder whose
+  lease may have run out (paused past its TTL) stops before writing.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from abc import ABC, abstractmethod
+
+from ..protocol import Locked
+from ..records import UploadRecord
+from ..storage import FileStore
+
+POLL_SECONDS = 0.02
+
+
+class Mailbox(enum.Enum):
+    """What a holder finds at its heartbeat."""
+
+    HELD = "held"
+    SOFT_RELEASE = "soft"  # a reader wants the newest offset committed
+    HARD_RELEASE = "hard"  # a writer wants the lock
+    LOST = "lost"  # the lease expired and someone else may own the upload
+
+
+class LeaseLost(Exception):
+    """The lock is no longer ours: stop writing, commit nothing."""
+
+
+class Lease(ABC):
+    """The right to write one upload, until released or lost."""
+
+    upload_id: str
+
+    @abstractmethod
+    def heartbeat(self) -> Mailbox:
+        """Renew the lease and read release requests addressed to it."""
+
+    @abstractmethod
+    def acknowledge(self) -> None:
+        """Tell the soft requester we committed and keep going."""
+
+    @abstractmethod
+    def is_valid(self) -> bool:
+        """Cheap local check, before each write: can the lease still be ours?"""
+
+    @abstractmethod
+    def release(self) -> None:
+        """Give the lock up (no-op if it was lost)."""
+
+
+class Registry(ABC):
+    """Upload records and their locks."""
+
+    def __init__(self, store: FileStore, lock_ttl: float, lock_wait: float):
+        self.store = store
+        self.lock_ttl = lock_ttl
+        self.lock_wait = lock_wait
+
+    # -- records ---------------------------------------------------------------
+
+    @abstractmethod
+    def create(self, record: UploadRecord) -> None:
+        """Store a new record (its data file exists already)."""
+
+    @abstractmethod
+    def get(self, upload_id: str) -> UploadRecord | None:
+        """The record, or None when no such upload exists."""
+
+    @abstractmethod
+    def save(self, lease: Lease, record: UploadRecord) -> None:
+        """Commit offset/length changes; raises LeaseLost unless ``lease`` holds."""
+
+    @abstractmethod
+    def delete(self, lease: Lease) -> None:
+        """Forget the upload (its files are removed first by the caller)."""
+
+    # -- locks -----------------------------------------------------------------
+
+    @abstractmethod
+    def try_acquire(self, upload_id: str) -> Lease | None:
+        """The lock if it is free right now."""
+
+    @abstractmethod
+    def request_release(self, upload_id: str, hard: bool) -> bool:
+        """Post a release request to the current holder; False if none holds it."""
+
+    @abstractmethod
+    def request_state(self, upload_id: str) -> str | None:
+        """ "acknowledged" once the holder answered a soft request, else None."""
+
+    @abstractmethod
+    def is_locked(self, upload_id: str) -> bool:
+        """Whether some request holds the upload now."""
+
+    def acquire(self, upload_id: str, wait: float | None = None) -> Lease:
+        """The lock, asking its holder to let go; Locked after ``wait`` seconds."""
+        deadline = time.monotonic() + (self.lock_wait if wait is None else wait)
+        asked = False
+        while True:
+            lease = self.try_acquire(upload_id)
+            if lease is not None:
+                return lease
+            if not asked:
+                asked = self.request_release(upload_id, hard=True)
+            if time.monotonic() >= deadline:
+                raise Locked("another request is writing this upload; retry shortly")
+            time.sleep(POLL_SECONDS)
+
+    def settle(self, upload_id: str, wait: float | None = None) -> None:
+        """Before answering HEAD: get the holder's newest offset committed.
+
+        Returns once the upload is unlocked or its holder acknowledged our
+        soft request, or after ``wait`` (a dead holder whose lease has not run
+        out yet); the committed offset is truthful in every case.
+        """
+        if not self.is_locked(upload_id):
+            return
+        if not self.request_release(upload_id, hard=False):
+            return
+        deadline = time.monotonic() + (self.lock_wait if wait is None else wait)
+        while time.monotonic() < deadline:
+            if not self.is_locked(upload_id) or self.request_state(upload_id) == "acknowledged":
+                return
+            time.sleep(POLL_SECONDS)

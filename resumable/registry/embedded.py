@@ -1,0 +1,155 @@
+"""Embedded registry: one host, no Redis, any number of workers and threads.
+
+The sidecar file is the record. Locks are ``flock`` locks on
+``locks/<id>.lock``: each acquisition opens its own file description, so
+they exclude threads of one process as well as other processes, and the
+kernel drops them when a worker dies, however it dies. The holder writes its
+token into the lock file; release requests are a small mailbox file
+``locks/<id>.release`` holding ``hard:<token>``, ``soft:<token>`` or
+``ack:<token>``, replaced atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+from pathlib import Path
+
+from ..records import UploadRecord
+from ..storage import FileStore
+from .base import Lease, LeaseLost, Mailbox, Registry
+
+
+class FileLease(Lease):
+    def __init__(self, registry: EmbeddedRegistry, upload_id: str, fd: int, token: str):
+        self.registry = registry
+        self.upload_id = upload_id
+        self.fd = fd
+        self.token = token
+
+    def heartbeat(self) -> Mailbox:
+        request = self.registry.read_mailbox(self.upload_id)
+        if request == f"hard:{self.token}":
+            return Mailbox.HARD_RELEASE
+        if request == f"soft:{self.token}":
+            return Mailbox.SOFT_RELEASE
+        return Mailbox.HELD
+
+    def acknowledge(self) -> None:
+        if self.registry.read_mailbox(self.upload_id) == f"soft:{self.token}":
+            self.registry.write_mailbox(self.upload_id, f"ack:{self.token}")
+
+    def is_valid(self) -> bool:
+        return self.fd >= 0  # the kernel keeps the lock for as long as we live
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        if (self.registry.read_mailbox(self.upload_id) or "").endswith(self.token):
+            with contextlib.suppress(FileNotFoundError):
+                self.registry.mailbox_path(self.upload_id).unlink()
+        fd, self.fd = self.fd, -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+class EmbeddedRegistry(Registry):
+    def __init__(self, store: FileStore, lock_ttl: float, lock_wait: float):
+        super().__init__(store, lock_ttl, lock_wait)
+        self.locks = Path(store.root) / "locks"
+        self.locks.mkdir(parents=True, exist_ok=True)
+
+    def lock_path(self, upload_id: str) -> Path:
+        return self.locks / f"{upload_id}.lock"
+
+    def mailbox_path(self, upload_id: str) -> Path:
+        return self.locks / f"{upload_id}.release"
+
+    def read_mailbox(self, upload_id: str) -> str | None:
+        try:
+            return self.mailbox_path(upload_id).read_text()
+        except FileNotFoundError:
+            return None
+
+    def write_mailbox(self, upload_id: str, value: str) -> None:
+        path = self.mailbox_path(upload_id)
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        temporary.write_text(value)
+        os.replace(temporary, path)
+
+    # -- records ---------------------------------------------------------------
+
+    def create(self, record: UploadRecord) -> None:
+        self.store.create(record)
+
+    def get(self, upload_id: str) -> UploadRecord | None:
+        return self.store.read_sidecar(upload_id)
+
+    def save(self, lease: Lease, record: UploadRecord) -> None:
+        if not lease.is_valid():
+            raise LeaseLost(f"lost the lock on {record.id}")
+        self.store.write_sidecar(record)
+
+    def delete(self, lease: Lease) -> None:
+        upload_id = lease.upload_id
+        self.store.delete(upload_id)
+        for path in (self.mailbox_path(upload_id), self.lock_path(upload_id)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    # -- locks -----------------------------------------------------------------
+
+    def _open_lock(self, upload_id: str) -> int:
+        return os.open(self.lock_path(upload_id), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def try_acquire(self, upload_id: str) -> Lease | None:
+        fd = self._open_lock(upload_id)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        token = secrets.token_hex(16)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, token.encode(), 0)
+        with contextlib.suppress(FileNotFoundError):
+            self.mailbox_path(upload_id).unlink()
+        return FileLease(self, upload_id, fd, token)
+
+    def _holder_token(self, upload_id: str) -> str | None:
+        """The holder's token, or None when nobody holds the lock."""
+        if not self.is_locked(upload_id):
+            return None
+        try:
+            return self.lock_path(upload_id).read_text() or None
+        except FileNotFoundError:
+            return None
+
+    def request_release(self, upload_id: str, hard: bool) -> bool:
+        token = self._holder_token(upload_id)
+        if token is None:
+            return False
+        if hard:
+            self.write_mailbox(upload_id, f"hard:{token}")
+        elif self.read_mailbox(upload_id) != f"hard:{token}":
+            self.write_mailbox(upload_id, f"soft:{token}")
+        return True
+
+    def request_state(self, upload_id: str) -> str | None:
+        value = self.read_mailbox(upload_id)
+        return "acknowledged" if value and value.startswith("ack:") else None
+
+    def is_locked(self, upload_id: str) -> bool:
+        try:
+            fd = os.open(self.lock_path(upload_id), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops a lock we may just have taken
+        return False

@@ -1,0 +1,282 @@
+"""Redis registry: records, offsets and locks shared by every worker and host.
+
+Keys (all under the configured prefix):
+
+* ``upload:<id>`` – hash: ``offset``, ``length`` ('' while deferred),
+  ``expires`` and ``meta`` (JSON of the fields that never change);
+* ``lock:<id>`` – the holder's random token, with a TTL the holder renews;
+* ``release:<id>`` – the mailbox: ``hard:<token>``, ``soft:<token>`` or
+  ``ack:<token>`` (see :mod:`resumable.registry.base`);
+* ``gone:<id>`` – tombstone of a deleted upload, so a stale sidecar read in a
+  race cannot bring the record back.
+
+Every step that must see the lock and act on it at once is a Lua script, so
+no other client can slip in between the check and the change. The sidecar
+file is written after each successful commit; if Redis loses its data the
+record is rebuilt from it (design.md, invariant 8).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+
+import redis
+
+from ..records import UploadRecord
+from ..storage import FileStore
+from .base import Lease, LeaseLost, Mailbox, Registry
+
+TOMBSTONE_SECONDS = 7 * 24 * 3600
+
+ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+return 0
+"""
+
+REQUEST_RELEASE = """
+local holder = redis.call('GET', KEYS[1])
+if not holder then return 0 end
+if ARGV[1] == 'hard' then
+  redis.call('SET', KEYS[2], 'hard:' .. holder, 'PX', ARGV[2])
+elseif redis.call('GET', KEYS[2]) ~= 'hard:' .. holder then
+  redis.call('SET', KEYS[2], 'soft:' .. holder, 'PX', ARGV[2])
+end
+return 1
+"""
+
+HEARTBEAT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local request = redis.call('GET', KEYS[2])
+if request == 'hard:' .. ARGV[1] then return 2 end
+if request == 'soft:' .. ARGV[1] then return 3 end
+return 1
+"""
+
+ACKNOWLEDGE = """
+if redis.call('GET', KEYS[2]) == 'soft:' .. ARGV[1] then
+  redis.call('SET', KEYS[2], 'ack:' .. ARGV[1], 'PX', ARGV[2])
+end
+return 1
+"""
+
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  local request = redis.call('GET', KEYS[2])
+  if request and string.sub(request, -string.len(ARGV[1])) == ARGV[1] then
+    redis.call('DEL', KEYS[2])
+  end
+  return 1
+end
+return 0
+"""
+
+SAVE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], 'offset', ARGV[2], 'length', ARGV[3], 'expires', ARGV[4])
+return 1
+"""
+
+DELETE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[3], 'deleted', 'EX', ARGV[2])
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+REBUILD = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'offset', ARGV[1], 'length', ARGV[2], 'expires', ARGV[3],
+           'meta', ARGV[4])
+return 1
+"""
+
+_MAILBOX = {0: Mailbox.LOST, 1: Mailbox.HELD, 2: Mailbox.HARD_RELEASE, 3: Mailbox.SOFT_RELEASE}
+
+
+def _optional(value: float | int | None) -> str:
+    return "" if value is None else repr(value)
+
+
+def _hash_fields(record: UploadRecord) -> dict[str, str]:
+    meta = {
+        "id": record.id,
+        "metadata": record.metadata,
+        "concat": record.concat,
+        "parts": record.parts,
+        "created": record.created,
+    }
+    return {
+        "offset": str(record.offset),
+        "length": _optional(record.length),
+        "expires": _optional(record.expires),
+        "meta": json.dumps(meta, separators=(",", ":")),
+    }
+
+
+def _from_hash(fields: dict[bytes, bytes]) -> UploadRecord:
+    meta = json.loads(fields[b"meta"])
+    length = fields.get(b"length", b"")
+    expires = fields.get(b"expires", b"")
+    return UploadRecord(
+        id=meta["id"],
+        length=int(length) if length else None,
+        offset=int(fields[b"offset"]),
+        metadata=meta.get("metadata"),
+        concat=meta.get("concat"),
+        parts=list(meta.get("parts") or []),
+        created=float(meta.get("created") or 0.0),
+        expires=float(expires) if expires else None,
+    )
+
+
+class RedisLease(Lease):
+    def __init__(self, registry: RedisRegistry, upload_id: str, token: str, acquired_at: float):
+        self.registry = registry
+        self.upload_id = upload_id
+        self.token = token
+        self.ttl_ms = int(registry.lock_ttl * 1000)
+        self._valid_until = acquired_at + registry.lock_ttl
+        self.released = False
+
+    def keys(self) -> list[str]:
+        return [
+            self.registry.key("lock", self.upload_id),
+            self.registry.key("release", self.upload_id),
+        ]
+
+    def heartbeat(self) -> Mailbox:
+        sent_at = time.monotonic()
+        state = _MAILBOX[
+            int(self.registry.scripts["heartbeat"](self.keys(), [self.token, self.ttl_ms]))
+        ]
+        if state is Mailbox.LOST:
+            self._valid_until = 0.0
+        else:
+            self._valid_until = sent_at + self.registry.lock_ttl
+        return state
+
+    def acknowledge(self) -> None:
+        self.registry.scripts["acknowledge"](self.keys(), [self.token, self.ttl_ms])
+
+    def is_valid(self) -> bool:
+        # The renewal was sent at sent_at; Redis expires the key no earlier
+        # than sent_at + ttl. Keep a margin so a paused process stops first.
+        return time.monotonic() < self._valid_until - self.registry.safety_margin
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.registry.scripts["release"](self.keys(), [self.token])
+
+
+class RedisRegistry(Registry):
+    def __init__(
+        self,
+        store: FileStore,
+        url: str,
+        prefix: str,
+        lock_ttl: float,
+        lock_wait: float,
+        heartbeat: float,
+    ):
+        super().__init__(store, lock_ttl, lock_wait)
+        self.redis = redis.Redis.from_url(
+            url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
+        )
+        self.prefix = prefix
+        self.safety_margin = max(heartbeat, lock_ttl / 10)
+        self.scripts = {
+            name: self.redis.register_script(source)
+            for name, source in (
+                ("acquire", ACQUIRE),
+                ("request_release", REQUEST_RELEASE),
+                ("heartbeat", HEARTBEAT),
+                ("acknowledge", ACKNOWLEDGE),
+                ("release", RELEASE),
+                ("save", SAVE),
+                ("delete", DELETE),
+                ("rebuild", REBUILD),
+            )
+        }
+
+    def key(self, kind: str, upload_id: str) -> str:
+        return f"{self.prefix}{kind}:{upload_id}"
+
+    # -- records ---------------------------------------------------------------
+
+    def create(self, record: UploadRecord) -> None:
+        self.store.create(record)
+        self.redis.hset(self.key("upload", record.id), mapping=_hash_fields(record))
+
+    def get(self, upload_id: str) -> UploadRecord | None:
+        fields = self.redis.hgetall(self.key("upload", upload_id))
+        if fields:
+            return _from_hash(fields)
+        sidecar = self.store.read_sidecar(upload_id)
+        if sidecar is None:
+            return None
+        values = _hash_fields(sidecar)
+        rebuilt = self.scripts["rebuild"](
+            [self.key("upload", upload_id), self.key("gone", upload_id)],
+            [values["offset"], values["length"], values["expires"], values["meta"]],
+        )
+        if rebuilt:
+            return sidecar
+        fields = self.redis.hgetall(self.key("upload", upload_id))
+        return _from_hash(fields) if fields else None
+
+    def save(self, lease: Lease, record: UploadRecord) -> None:
+        assert isinstance(lease, RedisLease)
+        saved = self.scripts["save"](
+            [self.key("lock", record.id), self.key("upload", record.id)],
+            [lease.token, record.offset, _optional(record.length), _optional(record.expires)],
+        )
+        if not saved:
+            raise LeaseLost(f"lost the lock on {record.id}")
+        self.store.write_sidecar(record)
+
+    def delete(self, lease: Lease) -> None:
+        assert isinstance(lease, RedisLease)
+        upload_id = lease.upload_id
+        deleted = self.scripts["delete"](
+            [
+                self.key("lock", upload_id),
+                self.key("upload", upload_id),
+                self.key("gone", upload_id),
+            ],
+            [lease.token, TOMBSTONE_SECONDS],
+        )
+        if not deleted:
+            raise LeaseLost(f"lost the lock on {upload_id}")
+        self.store.delete(upload_id)
+
+    # -- locks -----------------------------------------------------------------
+
+    def try_acquire(self, upload_id: str) -> Lease | None:
+        token = secrets.token_hex(16)
+        sent_at = time.monotonic()
+        keys = [self.key("lock", upload_id), self.key("release", upload_id)]
+        if self.scripts["acquire"](keys, [token, int(self.lock_ttl * 1000)]):
+            return RedisLease(self, upload_id, token, sent_at)
+        return None
+
+    def request_release(self, upload_id: str, hard: bool) -> bool:
+        keys = [self.key("lock", upload_id), self.key("release", upload_id)]
+        args = ["hard" if hard else "soft", int(self.lock_ttl * 1000)]
+        return bool(self.scripts["request_release"](keys, args))
+
+    def request_state(self, upload_id: str) -> str | None:
+        value = self.redis.get(self.key("release", upload_id))
+        return "acknowledged" if value and value.startswith(b"ack:") else None
+
+    def is_locked(self, upload_id: str) -> bool:
+        return bool(self.redis.exists(self.key("lock", upload_id)))

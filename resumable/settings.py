@@ -1,0 +1,121 @@
+"""One settings object for the whole server, loaded from flags and environment.
+
+Every knob is a field of :class:`Settings` with its help text beside it. The
+command line flags (``--data-dir``) and the environment variables
+(``RESUMABLE_DATA_DIR``) are both derived from the field names, so they cannot
+drift apart; flags win over the environment, the environment over defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+ENV_PREFIX = "RESUMABLE_"
+MiB = 1024 * 1024
+
+
+def _setting(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = _setting("127.0.0.1", "address to listen on")
+    port: int = _setting(1080, "port to listen on")
+    workers: int = _setting(2, "gunicorn worker processes")
+    worker_class: str = _setting(
+        "gthread", "gunicorn worker class; the default threads hold long uploads without timeouts"
+    )
+    threads: int = _setting(256, "threads per worker: the most uploads one worker streams at once")
+    data_dir: str = _setting("data", "directory for upload data and sidecar records")
+    redis_url: str | None = _setting(
+        None, "Redis URL for offsets and locks shared by many hosts; unset: embedded registry"
+    )
+    redis_prefix: str = _setting("resumable:", "prefix of every Redis key this server writes")
+    base_path: str = _setting("/files/", "URL path the tus endpoint is mounted at")
+    max_size: int = _setting(0, "largest upload in bytes (Tus-Max-Size); 0 means no limit")
+    lock_ttl: float = _setting(
+        10.0, "seconds a lock outlives its holder when the holder dies without releasing it"
+    )
+    lock_wait: float = _setting(
+        3.0, "seconds a request waits for the holder of an upload to let go before 423"
+    )
+    heartbeat: float = _setting(
+        0.25, "seconds between a writer's lock renewals and checks for a release request"
+    )
+    commit_bytes: int = _setting(8 * MiB, "a long PATCH commits its offset every this many bytes")
+    commit_seconds: float = _setting(1.0, "... and at least every this many seconds")
+    read_timeout: float = _setting(
+        60.0, "seconds a request body may stall before the server cuts it and keeps what came"
+    )
+    chunk_size: int = _setting(MiB, "bytes read from the socket and written at a time")
+    fsync: bool = _setting(
+        False, "fsync data before acknowledging it (survives power loss, costs throughput)"
+    )
+    trust_proxy: bool = _setting(
+        False, "build Location URLs from X-Forwarded-* / Forwarded headers set by a proxy"
+    )
+    cors_origins: str = _setting("*", "origins allowed by CORS, comma separated, or *")
+    log_level: str = _setting("info", "gunicorn log level")
+
+    def __post_init__(self) -> None:
+        base = "/" + self.base_path.strip("/") + "/"
+        object.__setattr__(self, "base_path", base.replace("//", "/"))
+        if self.chunk_size < 4096:
+            raise ValueError("chunk_size must be at least 4096")
+        if self.heartbeat <= 0 or self.lock_ttl <= self.heartbeat * 2:
+            raise ValueError("lock_ttl must be more than twice the heartbeat")
+
+    @property
+    def allowed_origins(self) -> tuple[str, ...]:
+        return tuple(o.strip() for o in self.cors_origins.split(",") if o.strip())
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def load(
+        cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Defaults, then ``RESUMABLE_*`` variables, then explicit overrides."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = convert(f, raw)
+        for name, value in (overrides or {}).items():
+            if value is not None:
+                values[name] = value
+        return cls(**values)
+
+
+def convert(f: dataclasses.Field, raw: str) -> Any:
+    """Turn the text of a flag or variable into the field's type."""
+    kind = field_type(f)
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"{f.name}: expected true or false, got {raw!r}")
+    if kind is int:
+        return int(raw)
+    if kind is float:
+        return float(raw)
+    if raw == "" and f.default is None:
+        return None
+    return raw
+
+
+def field_type(f: dataclasses.Field) -> type:
+    annotation = str(f.type)
+    for name, kind in (("bool", bool), ("int", int), ("float", float)):
+        if annotation.startswith(name):
+            return kind
+    return str

@@ -1,0 +1,263 @@
+"""Streaming a request body into an upload while holding its lock.
+
+This is the one loop every byte goes through: read a slice of the body into
+a reused buffer, check the lease is still ours (a clock comparison), write
+the slice, feed the checksum. Nothing else happens per slice; the lease is
+renewed, release requests are read and the offset committed on a timer
+(``heartbeat``, ``commit_seconds``) or a byte count (``commit_bytes``).
+
+How a body ends decides what is kept (design.md, invariants 1, 4, 5):
+
+========================  ==============================  ==========
+ending                    bytes kept                      answer
+========================  ==============================  ==========
+body complete             all (checksum must match)       204 / 460
+more than the length      up to the length                413
+client gone / stalled     all received                    400 / 408
+newer request took over   all received                    423
+lease lost                only what was committed before  423
+disk full                 all written                     507
+========================  ==============================  ==========
+
+With ``Upload-Checksum`` nothing is committed before the digest matched, so
+every ending but the first keeps none of the request's bytes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+from .body import ClientDisconnected, MalformedBody, RequestBody, open_body
+from .checksum import Checksum
+from .protocol import (
+    BadRequest,
+    ChecksumMismatch,
+    InsufficientStorage,
+    Locked,
+    PayloadTooLarge,
+    TusError,
+)
+from .records import UploadRecord
+from .registry import Lease, LeaseLost, Mailbox, Registry
+from .settings import Settings
+from .storage import FileStore
+
+
+class ReadTimedOut(TusError):
+    status = 408
+
+
+class _HandOver(Exception):
+    """A newer request asked for the lock."""
+
+
+class BufferPool:
+    """Reused read buffers: a request borrows one, so no slice allocates."""
+
+    def __init__(self, size: int, keep: int = 16):
+        self.size = size
+        self.keep = keep
+        self.free: list[bytearray] = []
+        self.lock = threading.Lock()
+
+    def take(self) -> bytearray:
+        with self.lock:
+            if self.free:
+                return self.free.pop()
+        return bytearray(self.size)
+
+    def give(self, buffer: bytearray) -> None:
+        with self.lock:
+            if len(self.free) < self.keep:
+                self.free.append(buffer)
+
+
+@dataclass
+class Appender:
+    settings: Settings
+    registry: Registry
+    store: FileStore
+    pool: BufferPool
+
+    def append(
+        self,
+        environ: dict,
+        lease: Lease,
+        record: UploadRecord,
+        limit: int | None,
+        checksum: Checksum | None,
+    ) -> UploadRecord:
+        """Stream the request body onto ``record`` at its offset; commit; return it.
+
+        ``limit`` is how many bytes this request may add (None: no bound).
+        Raises a TusError after keeping what the table above says.
+        """
+        run = _Run(self, lease, record, checksum)
+        body = open_body(environ, run.on_idle, self.settings.heartbeat)
+        return run.stream(body, limit)
+
+
+class _Run:
+    """State of one append: kept apart so the loop reads locals, not lookups."""
+
+    def __init__(
+        self, appender: Appender, lease: Lease, record: UploadRecord, checksum: Checksum | None
+    ):
+        self.settings = appender.settings
+        self.registry = appender.registry
+        self.store = appender.store
+        self.pool = appender.pool
+        self.lease = lease
+        self.record = record
+        self.checksum = checksum
+        self.start = record.offset
+        self.written = 0
+        now = time.monotonic()
+        self.last_data = now
+        self.last_commit = now
+        self.committed = 0
+        self.next_heartbeat = now + self.settings.heartbeat
+        self.fd = -1
+
+    # -- the loop --------------------------------------------------------------
+
+    def stream(self, body: RequestBody, limit: int | None) -> UploadRecord:
+        buffer = self.pool.take()
+        view = memoryview(buffer)
+        self.fd = self.store.open_for_append(self.record.id, self.start)
+        complete = False
+        try:
+            overflow = self._loop(body, view, limit)
+            complete = not overflow
+            if overflow:
+                self._keep_or_discard()
+                raise PayloadTooLarge("body is longer than the upload's remaining length")
+            if self.checksum is not None and not self.checksum.matches():
+                self._discard()
+                raise ChecksumMismatch("Upload-Checksum does not match the body")
+            self._commit()
+            return self.record
+        except ClientDisconnected as error:
+            self._keep_or_discard()
+            raise BadRequest(f"connection closed inside the body: {error}") from None
+        except MalformedBody as error:
+            self._keep_or_discard()
+            raise BadRequest(str(error)) from None
+        except ReadTimedOut:
+            self._keep_or_discard()
+            raise
+        except _HandOver:
+            self._keep_or_discard()
+            raise Locked(
+                "a newer request for this upload took it over",
+                {"Upload-Offset": str(self.record.offset)},
+            ) from None
+        except LeaseLost:
+            raise Locked("lost the lock on this upload; retry") from None
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self._keep_or_discard()
+            raise InsufficientStorage(
+                f"storage is full; {self.record.offset} bytes are stored, retry later",
+                {"Upload-Offset": str(self.record.offset)},
+            ) from None
+        finally:
+            os.close(self.fd)
+            self.pool.give(buffer)
+            body.release(complete)
+
+    def _loop(self, body: RequestBody, view: memoryview, limit: int | None) -> bool:
+        """Copy the body to the file; True when it ran past ``limit``."""
+        fd = self.fd
+        lease = self.lease
+        checksum = self.checksum
+        room = limit
+        size = len(view)
+        while True:
+            if room is None:
+                n = body.readinto(view)
+            else:
+                n = body.readinto(view[: min(size, room + 1)])
+            if n == 0:
+                return False
+            accepted = n if room is None or n <= room else room
+            if accepted:
+                if not lease.is_valid():
+                    raise LeaseLost(self.record.id)
+                chunk = view[:accepted]
+                _write_all(fd, chunk)
+                if checksum is not None:
+                    checksum.update(chunk)
+                self.written += accepted
+                if room is not None:
+                    room -= accepted
+            if accepted < n:
+                return True
+            now = time.monotonic()
+            self.last_data = now
+            if now >= self.next_heartbeat:
+                self._heartbeat(now)
+
+    # -- timers ------------------------------------------------------------------
+
+    def on_idle(self) -> None:
+        """Called by the body reader each heartbeat while no byte arrives."""
+        now = time.monotonic()
+        self._heartbeat(now)
+        if now - self.last_data >= self.settings.read_timeout:
+            raise ReadTimedOut(
+                f"no body bytes for {self.settings.read_timeout:g} s; kept what arrived"
+            )
+
+    def _heartbeat(self, now: float) -> None:
+        self.next_heartbeat = now + self.settings.heartbeat
+        state = self.lease.heartbeat()
+        if state is Mailbox.LOST:
+            raise LeaseLost(self.record.id)
+        if state is Mailbox.HARD_RELEASE:
+            raise _HandOver()
+        if (
+            self.checksum is None
+            and self.written > self.committed
+            and (
+                state is Mailbox.SOFT_RELEASE
+                or self.written - self.committed >= self.settings.commit_bytes
+                or now - self.last_commit >= self.settings.commit_seconds
+            )
+        ):
+            self._commit()
+        if state is Mailbox.SOFT_RELEASE:
+            self.lease.acknowledge()
+
+    # -- endings -----------------------------------------------------------------
+
+    def _commit(self) -> None:
+        if self.settings.fsync and self.written > self.committed:
+            os.fdatasync(self.fd)
+        self.record.offset = self.start + self.written
+        self.registry.save(self.lease, self.record)
+        self.committed = self.written
+        self.last_commit = time.monotonic()
+
+    def _discard(self) -> None:
+        """Drop this request's bytes: the offset stays where it was."""
+        os.ftruncate(self.fd, self.start)
+        self.written = 0
+        self.record.offset = self.start
+
+    def _keep_or_discard(self) -> None:
+        if self.checksum is not None:
+            self._discard()
+        elif self.written > self.committed:
+            self._commit()
+
+
+def _write_all(fd: int, chunk: memoryview) -> None:
+    written = os.write(fd, chunk)
+    while written < len(chunk):
+        written += os.write(fd, chunk[written:])

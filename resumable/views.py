@@ -1,0 +1,349 @@
+"""The tus endpoint: one function per method, each read top to bottom as the spec.
+
+parse and validate every header → take the lock → load the record → check
+state → stream → commit → answer. A failure anywhere is a raised
+:class:`~resumable.protocol.TusError`; the app turns it into the response.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from flask import Blueprint, Response, current_app, request
+
+from .checksum import ALGORITHMS, Checksum, parse_checksum
+from .download import download_response
+from .protocol import (
+    TUS_VERSION,
+    BadRequest,
+    Forbidden,
+    NotFound,
+    OffsetConflict,
+    PayloadTooLarge,
+    TusError,
+    UnsupportedMediaType,
+    check_version,
+    format_http_date,
+    is_offset_stream,
+    is_valid_upload_id,
+    new_upload_id,
+    parse_metadata,
+    parse_uint,
+)
+from .records import UploadRecord
+from .registry import Lease, Registry
+from .settings import Settings
+from .storage import FileStore
+from .transfer import Appender
+
+#: Extensions this server implements, in the order OPTIONS lists them.
+EXTENSIONS = (
+    "creation",
+    "creation-with-upload",
+    "creation-defer-length",
+    "termination",
+    "checksum",
+)
+
+blueprint = Blueprint("tus", __name__)
+
+
+@dataclass
+class Services:
+    """What the views need, built once per app by the factory."""
+
+    settings: Settings
+    store: FileStore
+    registry: Registry
+    appender: Appender
+
+
+def services() -> Services:
+    return current_app.extensions["resumable"]
+
+
+# --------------------------------------------------------------------------
+# Request-wide checks
+# --------------------------------------------------------------------------
+
+
+@blueprint.before_request
+def require_tus_version() -> None:
+    """Tus-Resumable on every request but OPTIONS and GET (browsers download)."""
+    if request.method not in ("OPTIONS", "GET"):
+        check_version(request.headers.get("Tus-Resumable"))
+
+
+# --------------------------------------------------------------------------
+# OPTIONS: discovery and CORS preflight
+# --------------------------------------------------------------------------
+
+
+@blueprint.route("/", methods=["OPTIONS"], strict_slashes=False, provide_automatic_options=False)
+@blueprint.route("/<path:_any>", methods=["OPTIONS"], provide_automatic_options=False)
+def options(_any: str | None = None) -> Response:
+    settings = services().settings
+    response = _empty(204)
+    response.headers["Tus-Version"] = TUS_VERSION
+    response.headers["Tus-Extension"] = ",".join(EXTENSIONS)
+    response.headers["Tus-Checksum-Algorithm"] = ",".join(ALGORITHMS)
+    if settings.max_size:
+        response.headers["Tus-Max-Size"] = str(settings.max_size)
+    return response
+
+
+# --------------------------------------------------------------------------
+# POST: creation (with upload, deferred length)
+# --------------------------------------------------------------------------
+
+
+@blueprint.route("/", methods=["POST"], strict_slashes=False)
+def create() -> Response:
+    svc = services()
+    settings = svc.settings
+    length = _creation_length(settings)
+    raw_metadata = request.headers.get("Upload-Metadata")
+    parse_metadata(raw_metadata)
+    if request.headers.get("Upload-Concat") is not None:
+        raise BadRequest("concatenation is not supported by this server")
+    has_body = _has_body()
+    checksum = parse_checksum(request.headers.get("Upload-Checksum"))
+    if has_body:
+        if not is_offset_stream(request.headers.get("Content-Type")):
+            raise UnsupportedMediaType(
+                "a body on creation needs Content-Type: application/offset+octet-stream"
+            )
+        declared = request.content_length
+        if length is not None and declared is not None and declared > length:
+            raise PayloadTooLarge("body is longer than Upload-Length")
+
+    record = UploadRecord(
+        id=new_upload_id(),
+        length=length,
+        metadata=raw_metadata if raw_metadata and raw_metadata.strip() else None,
+        created=time.time(),
+    )
+    svc.registry.create(record)
+    location = upload_url(record.id)
+    headers = {"Location": location}
+    if has_body:
+        try:
+            with _locked(record.id) as (lease, current):
+                record = _append(lease, current, checksum)
+        except TusError as error:
+            error.headers.setdefault("Location", location)
+            raise
+        headers["Upload-Offset"] = str(record.offset)
+    return _empty(201, headers=headers)
+
+
+def _creation_length(settings: Settings) -> int | None:
+    """Exactly one of Upload-Length and Upload-Defer-Length: 1."""
+    length_header = request.headers.get("Upload-Length")
+    defer_header = request.headers.get("Upload-Defer-Length")
+    if length_header is not None and defer_header is not None:
+        raise BadRequest("send Upload-Length or Upload-Defer-Length, not both")
+    if defer_header is not None:
+        if defer_header.strip() != "1":
+            raise BadRequest("Upload-Defer-Length must be 1")
+        return None
+    if length_header is None:
+        raise BadRequest("Upload-Length or Upload-Defer-Length: 1 is required")
+    length = parse_uint(length_header.strip(), "Upload-Length")
+    if settings.max_size and length > settings.max_size:
+        raise PayloadTooLarge(f"Upload-Length exceeds the maximum of {settings.max_size} bytes")
+    return length
+
+
+# --------------------------------------------------------------------------
+# HEAD: where is it?
+# --------------------------------------------------------------------------
+
+
+@blueprint.route("/<upload_id>", methods=["GET", "HEAD"])
+def read(upload_id: str) -> Response:
+    """HEAD reports progress; GET downloads (one rule: Werkzeug pairs them)."""
+    if request.method == "HEAD":
+        return head(upload_id)
+    return download(upload_id)
+
+
+def head(upload_id: str) -> Response:
+    registry = services().registry
+    _require_known_id(upload_id)
+    registry.settle(upload_id)
+    record = _load(upload_id)
+    headers = upload_headers(record)
+    headers["Cache-Control"] = "no-store"
+    return _empty(200, headers=headers)
+
+
+def upload_headers(record: UploadRecord) -> dict[str, str]:
+    headers = {"Upload-Offset": str(record.offset)}
+    if record.length is None:
+        headers["Upload-Defer-Length"] = "1"
+    else:
+        headers["Upload-Length"] = str(record.length)
+    if record.metadata is not None:
+        headers["Upload-Metadata"] = record.metadata
+    if record.concat is not None:
+        headers["Upload-Concat"] = record.concat
+    if record.expires is not None and not record.is_complete:
+        headers["Upload-Expires"] = format_http_date(record.expires)
+    return headers
+
+
+# --------------------------------------------------------------------------
+# PATCH: append
+# --------------------------------------------------------------------------
+
+
+@blueprint.route("/<upload_id>", methods=["PATCH"])
+def patch(upload_id: str) -> Response:
+    if not is_offset_stream(request.headers.get("Content-Type")):
+        raise UnsupportedMediaType("PATCH needs Content-Type: application/offset+octet-stream")
+    offset_header = request.headers.get("Upload-Offset")
+    if offset_header is None:
+        raise BadRequest("Upload-Offset is required")
+    offset = parse_uint(offset_header.strip(), "Upload-Offset")
+    length_header = request.headers.get("Upload-Length")
+    new_length = (
+        None if length_header is None else parse_uint(length_header.strip(), "Upload-Length")
+    )
+    checksum = parse_checksum(request.headers.get("Upload-Checksum"))
+    _require_known_id(upload_id)
+    _load(upload_id)
+
+    with _locked(upload_id) as (lease, record):
+        if record.is_final:
+            raise Forbidden("a final concatenated upload cannot be patched")
+        if offset != record.offset:
+            raise OffsetConflict(
+                f"Upload-Offset {offset} does not match the upload's offset {record.offset}",
+                {"Upload-Offset": str(record.offset)},
+            )
+        if new_length is not None:
+            _declare_length(lease, record, new_length)
+        record = _append(lease, record, checksum)
+    return _empty(204, headers=_after_append_headers(record))
+
+
+def _declare_length(lease: Lease, record: UploadRecord, length: int) -> None:
+    """A deferred length becomes known, once; a known one can only be repeated."""
+    settings = services().settings
+    if record.length is not None:
+        if length != record.length:
+            raise BadRequest("Upload-Length cannot change once it is set")
+        return
+    if length < record.offset:
+        raise BadRequest("Upload-Length is smaller than the bytes already uploaded")
+    if settings.max_size and length > settings.max_size:
+        raise PayloadTooLarge(f"Upload-Length exceeds the maximum of {settings.max_size} bytes")
+    record.length = length
+    services().registry.save(lease, record)
+
+
+def _append(lease: Lease, record: UploadRecord, checksum: Checksum | None) -> UploadRecord:
+    """Check the body fits, then stream it in."""
+    svc = services()
+    if record.length is not None:
+        limit: int | None = record.length - record.offset
+    elif svc.settings.max_size:
+        limit = svc.settings.max_size - record.offset
+    else:
+        limit = None
+    declared = request.content_length
+    if limit is not None and declared is not None and declared > limit:
+        raise PayloadTooLarge(
+            f"body of {declared} bytes exceeds the {limit} bytes left in this upload",
+            {"Upload-Offset": str(record.offset)},
+        )
+    if declared == 0 and checksum is None:
+        return record
+    return svc.appender.append(request.environ, lease, record, limit, checksum)
+
+
+def _after_append_headers(record: UploadRecord) -> dict[str, str]:
+    headers = {"Upload-Offset": str(record.offset)}
+    if record.expires is not None and not record.is_complete:
+        headers["Upload-Expires"] = format_http_date(record.expires)
+    return headers
+
+
+# --------------------------------------------------------------------------
+# DELETE: termination
+# --------------------------------------------------------------------------
+
+
+@blueprint.route("/<upload_id>", methods=["DELETE"])
+def delete(upload_id: str) -> Response:
+    _require_known_id(upload_id)
+    _load(upload_id)
+    with _locked(upload_id) as (lease, _record):
+        services().registry.delete(lease)
+    return _empty(204)
+
+
+# --------------------------------------------------------------------------
+# GET: download a finished upload
+# --------------------------------------------------------------------------
+
+
+def download(upload_id: str) -> Response:
+    svc = services()
+    _require_known_id(upload_id)
+    record = _load(upload_id)
+    if not record.is_complete:
+        raise NotFound("upload is not complete yet; HEAD tells how far it is")
+    metadata = parse_metadata(record.metadata)
+    return download_response(str(svc.store.data_path(upload_id)), record, metadata)
+
+
+# --------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------
+
+
+def _require_known_id(upload_id: str) -> None:
+    if not is_valid_upload_id(upload_id):
+        raise NotFound("no such upload")
+
+
+def _load(upload_id: str) -> UploadRecord:
+    record = services().registry.get(upload_id)
+    if record is None:
+        raise NotFound("no such upload")
+    return record
+
+
+@contextmanager
+def _locked(upload_id: str) -> Iterator[tuple[Lease, UploadRecord]]:
+    """The upload's lock and its record as read under the lock."""
+    registry = services().registry
+    lease = registry.acquire(upload_id)
+    try:
+        yield lease, _load(upload_id)
+    finally:
+        lease.release()
+
+
+def _empty(status: int, headers: dict[str, str] | None = None) -> Response:
+    """A response without a body, and so without a Content-Type."""
+    response = Response(status=status, headers=headers)
+    del response.headers["Content-Type"]
+    return response
+
+
+def _has_body() -> bool:
+    if request.content_length:
+        return True
+    return "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+
+
+def upload_url(upload_id: str) -> str:
+    """Absolute URL of an upload as the client reached us (proxy-aware when trusted)."""
+    base = services().settings.base_path
+    return f"{request.host_url.rstrip('/')}{request.script_root}{base}{upload_id}"

@@ -1,0 +1,219 @@
+"""Real processes for tests: a redis-server and the resumable server under gunicorn."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import requests
+
+TUS = {"Tus-Resumable": "1.0.0"}
+OFFSET_STREAM = "application/offset+octet-stream"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+class RedisServer:
+    """A private redis-server on a free port that keeps nothing on disk."""
+
+    def __init__(self, workdir: Path):
+        if shutil.which("redis-server") is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.workdir = workdir
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        if not wait_until(self.ping, 10):
+            raise RuntimeError("redis-server did not start")
+        return self
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+class Server:
+    """``resumable serve`` (gunicorn) as a child process on a free port."""
+
+    def __init__(self, data_dir: Path, redis_url: str | None = None, workers: int = 2,
+                 **settings: object):
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.redis_url = redis_url
+        self.workers = workers
+        self.settings = settings
+        self.process: subprocess.Popen | None = None
+        self.log_path = data_dir.parent / f"server-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def endpoint(self) -> str:
+        base = str(self.settings.get("base_path", "/files/"))
+        return self.url + base
+
+    def command(self) -> list[str]:
+        args = [sys.executable, "-m", "resumable", "serve", "--host", "127.0.0.1",
+                "--port", str(self.port), "--data-dir", str(self.data_dir),
+                "--workers", str(self.workers), "--log-level", "warning"]
+        if self.redis_url:
+            args += ["--redis-url", self.redis_url,
+                     "--redis-prefix", f"test{self.port}:"]
+        for name, value in self.settings.items():
+            flag = "--" + name.replace("_", "-")
+            if value is True:
+                args.append(flag)
+            elif value is False:
+                args.append("--no-" + name.replace("_", "-"))
+            else:
+                args += [flag, str(value)]
+        return args
+
+    def start(self) -> Server:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=log,
+                                        start_new_session=True)
+        log.close()
+        if not wait_until(self.ready, 20, 0.1):
+            self.stop()
+            raise RuntimeError(f"server did not start:\n{self.log()}")
+        wait_until(lambda: len(self.worker_pids()) >= self.workers, 10)
+        return self
+
+    def ready(self) -> bool:
+        if self.process and self.process.poll() is not None:
+            return False
+        try:
+            return requests.options(self.endpoint, timeout=1).status_code in (200, 204)
+        except requests.RequestException:
+            return False
+
+    def worker_pids(self) -> list[int]:
+        """Pids of the gunicorn workers (children of the master)."""
+        if not self.process:
+            return []
+        try:
+            text = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(pid) for pid in text.split()]
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+
+
+class TusClient:
+    """Small, explicit tus requests for tests (no retries, no magic)."""
+
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
+        self.session = requests.Session()
+
+    def options(self, **headers: str) -> requests.Response:
+        return self.session.options(self.endpoint, headers=headers, timeout=30)
+
+    def create(self, length: int | None = None, headers: dict[str, str] | None = None,
+               data: bytes | None = None) -> requests.Response:
+        all_headers = dict(TUS)
+        if length is not None:
+            all_headers["Upload-Length"] = str(length)
+        if data is not None:
+            all_headers["Content-Type"] = OFFSET_STREAM
+        all_headers.update(headers or {})
+        return self.session.post(self.endpoint, headers=all_headers, data=data, timeout=60)
+
+    def new_upload(self, length: int | None, **kwargs) -> str:
+        response = self.create(length, **kwargs)
+        assert response.status_code == 201, (response.status_code, response.text)
+        return response.headers["Location"]
+
+    def head(self, url: str, headers: dict[str, str] | None = None) -> requests.Response:
+        return self.session.head(url, headers={**TUS, **(headers or {})}, timeout=30)
+
+    def offset(self, url: str) -> int:
+        response = self.head(url)
+        assert response.status_code == 200, (response.status_code, response.text)
+        return int(response.headers["Upload-Offset"])
+
+    def patch(self, url: str, offset: int, data, headers: dict[str, str] | None = None
+              ) -> requests.Response:
+        all_headers = {**TUS, "Upload-Offset": str(offset), "Content-Type": OFFSET_STREAM}
+        all_headers.update(headers or {})
+        return self.session.patch(url, headers=all_headers, data=data, timeout=600)
+
+    def delete(self, url: str, headers: dict[str, str] | None = None) -> requests.Response:
+        return self.session.delete(url, headers={**TUS, **(headers or {})}, timeout=30)
+
+    def get(self, url: str, headers: dict[str, str] | None = None,
+            stream: bool = False) -> requests.Response:
+        return self.session.get(url, headers=headers or {}, timeout=600, stream=stream)
+
+
+def pattern_bytes(size: int, seed: int = 0) -> bytes:
+    """Deterministic non-repeating-looking bytes, cheap to make in bulk."""
+    block = bytes((i * 131 + seed * 7 + (i >> 8)) & 0xFF for i in range(65536))
+    whole, rest = divmod(size, len(block))
+    return block * whole + block[:rest]
+
+
+def iter_chunks(data: bytes, size: int) -> Iterator[bytes]:
+    view = memoryview(data)
+    for start in range(0, len(data), size):
+        yield bytes(view[start:start + size])
