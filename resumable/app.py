@@ -9,6 +9,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from .body import abandon_unread_body
+from .concat import Concatenator
 from .cors import apply_cors
 from .middleware import MethodOverride, TrustedProxy
 from .protocol import (
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         store=store,
         registry=registry,
         appender=Appender(settings, registry, store, BufferPool(settings.chunk_size)),
+        concatenator=Concatenator(registry, store),
     )
     app.register_blueprint(blueprint, url_prefix=settings.base_path.rstrip("/"))
 

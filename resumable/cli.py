@@ -8,7 +8,12 @@ setting is a flag (``--data-dir``) and an environment variable
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import os
+import subprocess
 import sys
+import time
 from dataclasses import MISSING, fields
 from typing import Any
 
@@ -36,6 +41,16 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(
                 flag, dest=f.name, type=kind, default=None, help=help_text, metavar=f.name.upper()
             )
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """The settings as RESUMABLE_* variables, to hand to a child process."""
+    environment = {}
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        if value is not None:
+            environment[ENV_PREFIX + f.name.upper()] = str(value)
+    return environment
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -72,8 +87,37 @@ class GunicornServer(BaseApplication):
             # One control socket per user would collide between servers.
             "control_socket_disable": True,
         }
+        if s.gc_interval > 0:
+            options["when_ready"] = self._start_collector
+            options["on_exit"] = self._stop_collector
         for key, value in options.items():
             self.cfg.set(key, value)
+
+    collector: subprocess.Popen | None = None
+
+    def _start_collector(self, _arbiter: object) -> None:
+        """Run `resumable gc --every N` beside the workers, in its own process.
+
+        A thread in the gunicorn master would be copied into every forked
+        worker in whatever state its locks were; a child process is not.
+        """
+        command = [
+            sys.executable,
+            "-m",
+            "resumable",
+            "gc",
+            "--every",
+            str(self.settings.gc_interval),
+        ]
+        environment = dict(os.environ)
+        environment.update(settings_environment(self.settings))
+        self.collector = subprocess.Popen(command, env=environment)
+
+    def _stop_collector(self, _arbiter: object) -> None:
+        if self.collector is not None and self.collector.poll() is None:
+            self.collector.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.collector.wait(5)
 
     def load(self):  # noqa: ANN201 - gunicorn's hook
         from .app import create_app
@@ -84,6 +128,34 @@ class GunicornServer(BaseApplication):
 def serve(settings: Settings) -> int:
     GunicornServer(settings).run()
     return 0
+
+
+def collect_garbage(settings: Settings, every: float | None) -> int:
+    """One collection, or one every ``every`` seconds until the parent server exits."""
+    from .gc import collect
+    from .registry import make_registry
+    from .storage import FileStore
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s gc %(message)s")
+    store = FileStore(settings.data_dir)
+    registry = make_registry(settings, store)
+    parent = os.getppid()
+    while True:
+        try:
+            report = collect(registry, store)
+            if not every or report.expired or report.leftovers:
+                print(report, flush=True)
+        except Exception as error:  # noqa: BLE001 - a loop must outlive a Redis outage
+            if not every:
+                raise
+            logging.warning("garbage collection failed: %s", error)
+        if not every:
+            return 0
+        deadline = time.monotonic() + every
+        while time.monotonic() < deadline:
+            if os.getppid() != parent:
+                return 0  # the server that started us is gone
+            time.sleep(min(1.0, every))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the tus server. Every flag can also be set by its environment variable.",
     )
     add_settings_flags(serve_parser)
+    gc_parser = commands.add_parser(
+        "gc",
+        help="delete expired uploads and leftovers of crashes",
+        description="Delete unfinished uploads past their expiry, under their locks: safe "
+        "while servers run, and on several hosts at once.",
+    )
+    add_settings_flags(gc_parser)
+    gc_parser.add_argument(
+        "--every",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="keep running, one collection every SECONDS",
+    )
     return parser
 
 
@@ -114,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     if args.command == "serve":
         return serve(settings)
+    if args.command == "gc":
+        return collect_garbage(settings, args.every)
     return 2
 
 

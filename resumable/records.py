@@ -29,6 +29,10 @@ class UploadRecord:
     def is_complete(self) -> bool:
         return self.length is not None and self.offset == self.length
 
+    def is_expired(self, now: float) -> bool:
+        """Unfinished and past its expiry; finished uploads never expire."""
+        return self.expires is not None and not self.is_complete and self.expires <= now
+
     @property
     def is_final(self) -> bool:
         return self.concat is not None and self.concat.startswith("final")

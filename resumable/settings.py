@@ -56,6 +56,14 @@ class Settings:
     fsync: bool = _setting(
         False, "fsync data before acknowledging it (survives power loss, costs throughput)"
     )
+    expiry: float = _setting(
+        7 * 24 * 3600.0,
+        "seconds an unfinished upload lives after its last PATCH (expiration); 0 disables",
+    )
+    gc_interval: float = _setting(
+        600.0, "seconds between garbage collections run by `serve`; 0 leaves it to `resumable gc`"
+    )
+    max_concat_parts: int = _setting(1000, "most partial uploads one final concatenation may join")
     trust_proxy: bool = _setting(
         False, "build Location URLs from X-Forwarded-* / Forwarded headers set by a proxy"
     )

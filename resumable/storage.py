@@ -102,8 +102,60 @@ class FileStore:
             raise
         return fd
 
+    def concatenate(self, upload_id: str, part_ids: list[str], lengths: list[int]) -> None:
+        """Replace the data of ``upload_id`` by the parts' first ``lengths`` bytes, in order.
+
+        The kernel copies (``copy_file_range``, else ``sendfile``): no byte
+        passes through Python. A part deleted meanwhile still copies whole,
+        since its descriptor is opened first.
+        """
+        sources = [os.open(self.data_path(p), os.O_RDONLY | os.O_CLOEXEC) for p in part_ids]
+        try:
+            with open(self.data_path(upload_id), "r+b") as target:
+                target.truncate(0)
+                out = target.fileno()
+                position = 0
+                for source, length in zip(sources, lengths, strict=True):
+                    copy_range(source, out, length, position)
+                    position += length
+                if self.fsync:
+                    os.fsync(out)
+        except OSError as error:
+            raise_if_disk_full(error)
+            raise
+        finally:
+            for fd in sources:
+                os.close(fd)
+
     def size(self, upload_id: str) -> int:
         return os.stat(self.data_path(upload_id)).st_size
+
+
+def copy_range(source: int, target: int, length: int, target_offset: int) -> None:
+    """Copy ``length`` bytes from the start of ``source`` to ``target_offset``."""
+    copied = 0
+    try:
+        while copied < length:
+            n = os.copy_file_range(
+                source,
+                target,
+                length - copied,
+                offset_src=copied,
+                offset_dst=target_offset + copied,
+            )
+            if n == 0:
+                raise OSError(errno.EIO, "source file is shorter than its recorded length")
+            copied += n
+        return
+    except OSError as error:
+        if error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+    os.lseek(target, target_offset + copied, os.SEEK_SET)
+    while copied < length:
+        n = os.sendfile(target, source, copied, length - copied)
+        if n == 0:
+            raise OSError(errno.EIO, "source file is shorter than its recorded length")
+        copied += n
 
 
 def raise_if_disk_full(error: OSError) -> None:

@@ -240,6 +240,11 @@ class _Run:
         if self.settings.fsync and self.written > self.committed:
             os.fdatasync(self.fd)
         self.record.offset = self.start + self.written
+        if self.settings.expiry > 0:
+            # Sliding expiry: an upload that keeps receiving bytes never expires.
+            self.record.expires = (
+                None if self.record.is_complete else time.time() + self.settings.expiry
+            )
         self.registry.save(self.lease, self.record)
         self.committed = self.written
         self.last_commit = time.monotonic()

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from flask import Blueprint, Response, current_app, request
 
 from .checksum import ALGORITHMS, Checksum, parse_checksum
+from .concat import Concatenator, final_length, parse_final
 from .download import download_response
 from .protocol import (
     TUS_VERSION,
     BadRequest,
     Forbidden,
+    Gone,
     NotFound,
     OffsetConflict,
     PayloadTooLarge,
@@ -45,8 +47,17 @@ EXTENSIONS = (
     "creation-with-upload",
     "creation-defer-length",
     "termination",
+    "expiration",
     "checksum",
+    "concatenation",
+    "concatenation-unfinished",
 )
+
+
+def extensions(settings: Settings) -> list[str]:
+    """What this configuration offers: expiration only when uploads expire."""
+    return [name for name in EXTENSIONS if name != "expiration" or settings.expiry > 0]
+
 
 blueprint = Blueprint("tus", __name__)
 
@@ -59,6 +70,7 @@ class Services:
     store: FileStore
     registry: Registry
     appender: Appender
+    concatenator: Concatenator
 
 
 def services() -> Services:
@@ -88,7 +100,7 @@ def options(_any: str | None = None) -> Response:
     settings = services().settings
     response = _empty(204)
     response.headers["Tus-Version"] = TUS_VERSION
-    response.headers["Tus-Extension"] = ",".join(EXTENSIONS)
+    response.headers["Tus-Extension"] = ",".join(extensions(settings))
     response.headers["Tus-Checksum-Algorithm"] = ",".join(ALGORITHMS)
     if settings.max_size:
         response.headers["Tus-Max-Size"] = str(settings.max_size)
@@ -104,11 +116,13 @@ def options(_any: str | None = None) -> Response:
 def create() -> Response:
     svc = services()
     settings = svc.settings
+    concat = request.headers.get("Upload-Concat")
+    if concat is not None and concat.strip().startswith("final"):
+        return _create_final(concat.strip())
+    if concat is not None and concat.strip() != "partial":
+        raise BadRequest("Upload-Concat must be 'partial' or 'final;<url> <url> ...'")
     length = _creation_length(settings)
-    raw_metadata = request.headers.get("Upload-Metadata")
-    parse_metadata(raw_metadata)
-    if request.headers.get("Upload-Concat") is not None:
-        raise BadRequest("concatenation is not supported by this server")
+    raw_metadata = _metadata_header()
     has_body = _has_body()
     checksum = parse_checksum(request.headers.get("Upload-Checksum"))
     if has_body:
@@ -123,9 +137,11 @@ def create() -> Response:
     record = UploadRecord(
         id=new_upload_id(),
         length=length,
-        metadata=raw_metadata if raw_metadata and raw_metadata.strip() else None,
+        metadata=raw_metadata,
+        concat="partial" if concat is not None else None,
         created=time.time(),
     )
+    record.expires = _expiry(record)
     svc.registry.create(record)
     location = upload_url(record.id)
     headers = {"Location": location}
@@ -137,7 +153,58 @@ def create() -> Response:
             error.headers.setdefault("Location", location)
             raise
         headers["Upload-Offset"] = str(record.offset)
+    if record.expires is not None and not record.is_complete:
+        headers["Upload-Expires"] = format_http_date(record.expires)
     return _empty(201, headers=headers)
+
+
+def _create_final(concat: str) -> Response:
+    """POST Upload-Concat: final;… — join partials, now or when they finish."""
+    svc = services()
+    settings = svc.settings
+    if request.headers.get("Upload-Length") is not None:
+        raise BadRequest("a final upload's length is the sum of its parts; omit Upload-Length")
+    if request.headers.get("Upload-Defer-Length") is not None:
+        raise BadRequest("a final upload cannot defer its length")
+    if _has_body():
+        raise Forbidden("a final upload cannot carry data")
+    raw_metadata = _metadata_header()
+    part_ids = parse_final(concat, settings.base_path, settings.max_concat_parts)
+    parts = svc.concatenator.load_parts(part_ids)
+    length = final_length(parts)
+    if length is not None and settings.max_size and length > settings.max_size:
+        raise PayloadTooLarge(f"the parts add up to more than {settings.max_size} bytes")
+
+    record = UploadRecord(
+        id=new_upload_id(),
+        length=length,
+        metadata=raw_metadata,
+        concat=concat,
+        parts=part_ids,
+        created=time.time(),
+    )
+    record.expires = _expiry(record, final=True)
+    svc.registry.create(record)
+    svc.registry.add_waiting(record.id, part_ids)
+    record = svc.concatenator.complete(record.id, wait=settings.lock_wait) or record
+    headers = {"Location": upload_url(record.id)}
+    if record.expires is not None and not record.is_complete:
+        headers["Upload-Expires"] = format_http_date(record.expires)
+    return _empty(201, headers=headers)
+
+
+def _metadata_header() -> str | None:
+    """The raw Upload-Metadata, validated; None when absent or blank."""
+    raw = request.headers.get("Upload-Metadata")
+    parse_metadata(raw)
+    return raw if raw and raw.strip() else None
+
+
+def _expiry(record: UploadRecord, final: bool = False) -> float | None:
+    expiry = services().settings.expiry
+    if expiry <= 0 or (record.is_complete and not final):
+        return None
+    return time.time() + expiry
 
 
 def _creation_length(settings: Settings) -> int | None:
@@ -172,21 +239,28 @@ def read(upload_id: str) -> Response:
 
 
 def head(upload_id: str) -> Response:
-    registry = services().registry
+    svc = services()
     _require_known_id(upload_id)
-    registry.settle(upload_id)
+    svc.registry.settle(upload_id)
     record = _load(upload_id)
+    if record.is_final and not record.is_complete:
+        record = svc.concatenator.complete(upload_id) or record
+        parts = [svc.registry.get(part_id) for part_id in record.parts]
+        if record.length is None and all(part is not None for part in parts):
+            record.length = final_length(parts)  # type: ignore[arg-type]
     headers = upload_headers(record)
     headers["Cache-Control"] = "no-store"
     return _empty(200, headers=headers)
 
 
 def upload_headers(record: UploadRecord) -> dict[str, str]:
-    headers = {"Upload-Offset": str(record.offset)}
-    if record.length is None:
-        headers["Upload-Defer-Length"] = "1"
-    else:
+    headers: dict[str, str] = {}
+    if not record.is_final or record.is_complete:
+        headers["Upload-Offset"] = str(record.offset)
+    if record.length is not None:
         headers["Upload-Length"] = str(record.length)
+    elif not record.is_final:
+        headers["Upload-Defer-Length"] = "1"
     if record.metadata is not None:
         headers["Upload-Metadata"] = record.metadata
     if record.concat is not None:
@@ -228,6 +302,8 @@ def patch(upload_id: str) -> Response:
         if new_length is not None:
             _declare_length(lease, record, new_length)
         record = _append(lease, record, checksum)
+    if record.is_partial and record.is_complete:
+        services().concatenator.complete_waiting(record.id)
     return _empty(204, headers=_after_append_headers(record))
 
 
@@ -296,6 +372,8 @@ def download(upload_id: str) -> Response:
     svc = services()
     _require_known_id(upload_id)
     record = _load(upload_id)
+    if record.is_final and not record.is_complete:
+        record = svc.concatenator.complete(upload_id) or record
     if not record.is_complete:
         raise NotFound("upload is not complete yet; HEAD tells how far it is")
     metadata = parse_metadata(record.metadata)
@@ -316,6 +394,8 @@ def _load(upload_id: str) -> UploadRecord:
     record = services().registry.get(upload_id)
     if record is None:
         raise NotFound("no such upload")
+    if record.is_expired(time.time()):
+        raise Gone("upload expired before it was finished")
     return record
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -52,9 +51,3 @@ def server(backend: str, start_server) -> Server:
 @pytest.fixture
 def tus(server: Server) -> TusClient:
     return TusClient(server.endpoint)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if Path(str(item.fspath)).name.startswith("test_unit"):
-            item.add_marker(pytest.mark.unit)

@@ -51,9 +51,21 @@ class RedisServer:
     def start(self) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         if not wait_until(self.ping, 10):
             raise RuntimeError("redis-server did not start")
@@ -76,8 +88,9 @@ class RedisServer:
 class Server:
     """``resumable serve`` (gunicorn) as a child process on a free port."""
 
-    def __init__(self, data_dir: Path, redis_url: str | None = None, workers: int = 2,
-                 **settings: object):
+    def __init__(
+        self, data_dir: Path, redis_url: str | None = None, workers: int = 2, **settings: object
+    ):
         self.data_dir = data_dir
         self.port = free_port()
         self.redis_url = redis_url
@@ -96,12 +109,24 @@ class Server:
         return self.url + base
 
     def command(self) -> list[str]:
-        args = [sys.executable, "-m", "resumable", "serve", "--host", "127.0.0.1",
-                "--port", str(self.port), "--data-dir", str(self.data_dir),
-                "--workers", str(self.workers), "--log-level", "warning"]
+        args = [
+            sys.executable,
+            "-m",
+            "resumable",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            "--workers",
+            str(self.workers),
+            "--log-level",
+            "warning",
+        ]
         if self.redis_url:
-            args += ["--redis-url", self.redis_url,
-                     "--redis-prefix", f"test{self.port}:"]
+            args += ["--redis-url", self.redis_url, "--redis-prefix", f"test{self.port}:"]
         for name, value in self.settings.items():
             flag = "--" + name.replace("_", "-")
             if value is True:
@@ -115,8 +140,9 @@ class Server:
     def start(self) -> Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(self.command(), stdout=log, stderr=log,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            self.command(), stdout=log, stderr=log, start_new_session=True
+        )
         log.close()
         if not wait_until(self.ready, 20, 0.1):
             self.stop()
@@ -169,8 +195,12 @@ class TusClient:
     def options(self, **headers: str) -> requests.Response:
         return self.session.options(self.endpoint, headers=headers, timeout=30)
 
-    def create(self, length: int | None = None, headers: dict[str, str] | None = None,
-               data: bytes | None = None) -> requests.Response:
+    def create(
+        self,
+        length: int | None = None,
+        headers: dict[str, str] | None = None,
+        data: bytes | None = None,
+    ) -> requests.Response:
         all_headers = dict(TUS)
         if length is not None:
             all_headers["Upload-Length"] = str(length)
@@ -192,8 +222,9 @@ class TusClient:
         assert response.status_code == 200, (response.status_code, response.text)
         return int(response.headers["Upload-Offset"])
 
-    def patch(self, url: str, offset: int, data, headers: dict[str, str] | None = None
-              ) -> requests.Response:
+    def patch(
+        self, url: str, offset: int, data, headers: dict[str, str] | None = None
+    ) -> requests.Response:
         all_headers = {**TUS, "Upload-Offset": str(offset), "Content-Type": OFFSET_STREAM}
         all_headers.update(headers or {})
         return self.session.patch(url, headers=all_headers, data=data, timeout=600)
@@ -201,8 +232,9 @@ class TusClient:
     def delete(self, url: str, headers: dict[str, str] | None = None) -> requests.Response:
         return self.session.delete(url, headers={**TUS, **(headers or {})}, timeout=30)
 
-    def get(self, url: str, headers: dict[str, str] | None = None,
-            stream: bool = False) -> requests.Response:
+    def get(
+        self, url: str, headers: dict[str, str] | None = None, stream: bool = False
+    ) -> requests.Response:
         return self.session.get(url, headers=headers or {}, timeout=600, stream=stream)
 
 
@@ -216,4 +248,4 @@ def pattern_bytes(size: int, seed: int = 0) -> bytes:
 def iter_chunks(data: bytes, size: int) -> Iterator[bytes]:
     view = memoryview(data)
     for start in range(0, len(data), size):
-        yield bytes(view[start:start + size])
+        yield bytes(view[start : start + size])

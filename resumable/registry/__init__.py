@@ -12,11 +12,11 @@ __all__ = ["Lease", "LeaseLost", "Mailbox", "Registry", "make_registry"]
 def make_registry(settings: Settings, store: FileStore) -> Registry:
     """Redis when a URL is configured, else the embedded single-host registry."""
     if settings.redis_url:
-        from .redis import RedisRegistry
+        from .redis import RedisRegistry, connect
 
         return RedisRegistry(
             store,
-            settings.redis_url,
+            connect(settings.redis_url),
             settings.redis_prefix,
             settings.lock_ttl,
             settings.lock_wait,

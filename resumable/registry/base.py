@@ -89,6 +89,20 @@ class Registry(ABC):
     def delete(self, lease: Lease) -> None:
         """Forget the upload (its files are removed first by the caller)."""
 
+    # -- concatenation: which finals wait for a partial ----------------------
+
+    @abstractmethod
+    def add_waiting(self, final_id: str, part_ids: list[str]) -> None:
+        """Remember that ``final_id`` completes when these partials do."""
+
+    @abstractmethod
+    def waiting_finals(self, part_id: str) -> list[str]:
+        """Finals that listed ``part_id`` and may still be waiting for it."""
+
+    @abstractmethod
+    def remove_waiting(self, final_id: str, part_ids: list[str]) -> None:
+        """Forget ``final_id`` in the index of each part."""
+
     # -- locks -----------------------------------------------------------------
 
     @abstractmethod

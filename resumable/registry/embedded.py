@@ -60,6 +60,7 @@ class EmbeddedRegistry(Registry):
         super().__init__(store, lock_ttl, lock_wait)
         self.locks = Path(store.root) / "locks"
         self.locks.mkdir(parents=True, exist_ok=True)
+        self.waiting = Path(store.root) / "waiting"
 
     def lock_path(self, upload_id: str) -> Path:
         return self.locks / f"{upload_id}.lock"
@@ -98,6 +99,27 @@ class EmbeddedRegistry(Registry):
         for path in (self.mailbox_path(upload_id), self.lock_path(upload_id)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+    # -- concatenation: waiting/<part id>/<final id> marker files ----------------
+
+    def add_waiting(self, final_id: str, part_ids: list[str]) -> None:
+        for part_id in set(part_ids):
+            folder = self.waiting / part_id
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / final_id).touch()
+
+    def waiting_finals(self, part_id: str) -> list[str]:
+        try:
+            return sorted(os.listdir(self.waiting / part_id))
+        except FileNotFoundError:
+            return []
+
+    def remove_waiting(self, final_id: str, part_ids: list[str]) -> None:
+        for part_id in set(part_ids):
+            with contextlib.suppress(FileNotFoundError):
+                (self.waiting / part_id / final_id).unlink()
+            with contextlib.suppress(OSError):
+                (self.waiting / part_id).rmdir()  # only when empty
 
     # -- locks -----------------------------------------------------------------
 

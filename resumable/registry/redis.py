@@ -178,20 +178,25 @@ class RedisLease(Lease):
             self.registry.scripts["release"](self.keys(), [self.token])
 
 
+def connect(url: str) -> redis.Redis:
+    """A client that fails fast when Redis is down (the app answers 503)."""
+    return redis.Redis.from_url(
+        url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
+    )
+
+
 class RedisRegistry(Registry):
     def __init__(
         self,
         store: FileStore,
-        url: str,
+        client: redis.Redis,
         prefix: str,
         lock_ttl: float,
         lock_wait: float,
         heartbeat: float,
     ):
         super().__init__(store, lock_ttl, lock_wait)
-        self.redis = redis.Redis.from_url(
-            url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
-        )
+        self.redis = client
         self.prefix = prefix
         self.safety_margin = max(heartbeat, lock_ttl / 10)
         self.scripts = {
@@ -258,6 +263,23 @@ class RedisRegistry(Registry):
         if not deleted:
             raise LeaseLost(f"lost the lock on {upload_id}")
         self.store.delete(upload_id)
+
+    # -- concatenation -----------------------------------------------------------
+
+    def add_waiting(self, final_id: str, part_ids: list[str]) -> None:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for part_id in set(part_ids):
+                pipe.sadd(self.key("waiting", part_id), final_id)
+            pipe.execute()
+
+    def waiting_finals(self, part_id: str) -> list[str]:
+        return sorted(m.decode() for m in self.redis.smembers(self.key("waiting", part_id)))
+
+    def remove_waiting(self, final_id: str, part_ids: list[str]) -> None:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for part_id in set(part_ids):
+                pipe.srem(self.key("waiting", part_id), final_id)
+            pipe.execute()
 
     # -- locks -----------------------------------------------------------------
 

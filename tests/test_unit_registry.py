@@ -1,0 +1,166 @@
+"""The registry contract, on every backend: embedded, fakeredis and a real Redis.
+
+The real Redis is what proves atomicity (the Lua scripts run in Redis
+itself); fakeredis keeps the same checks fast while developing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import fakeredis
+import pytest
+import redis
+
+from resumable.protocol import Locked, new_upload_id
+from resumable.records import UploadRecord
+from resumable.registry import LeaseLost, Mailbox, Registry
+from resumable.registry.embedded import EmbeddedRegistry
+from resumable.registry.redis import RedisRegistry
+from resumable.storage import FileStore
+
+
+def _redis_registry(kind: str, request: pytest.FixtureRequest, tmp_path) -> RedisRegistry:
+    store = FileStore(tmp_path)
+    if kind == "fakeredis":
+        client = fakeredis.FakeRedis()
+    else:
+        client = redis.Redis.from_url(request.getfixturevalue("redis_server").url)
+    prefix = f"unit{new_upload_id()[:8]}:"
+    return RedisRegistry(store, client, prefix, lock_ttl=1.0, lock_wait=0.5, heartbeat=0.05)
+
+
+@pytest.fixture(params=["embedded", "fakeredis", "redis"])
+def registry(request: pytest.FixtureRequest, tmp_path) -> Registry:
+    if request.param == "embedded":
+        return EmbeddedRegistry(FileStore(tmp_path), lock_ttl=1.0, lock_wait=0.5)
+    return _redis_registry(request.param, request, tmp_path)
+
+
+@pytest.fixture(params=["fakeredis", "redis"])
+def redis_registry(request: pytest.FixtureRequest, tmp_path) -> RedisRegistry:
+    return _redis_registry(request.param, request, tmp_path)
+
+
+def _new(registry: Registry, length: int | None = 10) -> UploadRecord:
+    record = UploadRecord(id=new_upload_id(), length=length, metadata="a YQ==", created=1.0)
+    registry.create(record)
+    return record
+
+
+def test_create_get_roundtrip(registry: Registry) -> None:
+    record = _new(registry)
+    assert registry.get(record.id) == record
+    assert registry.get(new_upload_id()) is None
+
+
+def test_one_holder_at_a_time(registry: Registry) -> None:
+    record = _new(registry)
+    lease = registry.acquire(record.id)
+    assert registry.is_locked(record.id)
+    assert registry.try_acquire(record.id) is None
+    started = time.monotonic()
+    with pytest.raises(Locked):
+        registry.acquire(record.id, wait=0.2)
+    assert time.monotonic() - started >= 0.2
+    lease.release()
+    assert not registry.is_locked(record.id)
+    registry.acquire(record.id).release()
+
+
+def test_hard_request_reaches_the_holder_and_new_holder_starts_clean(registry: Registry) -> None:
+    record = _new(registry)
+    lease = registry.acquire(record.id)
+    assert lease.heartbeat() is Mailbox.HELD
+    assert registry.request_release(record.id, hard=True)
+    assert lease.heartbeat() is Mailbox.HARD_RELEASE
+    lease.release()
+    second = registry.acquire(record.id)
+    assert second.heartbeat() is Mailbox.HELD
+    second.release()
+
+
+def test_soft_request_is_acknowledged_and_never_downgrades_hard(registry: Registry) -> None:
+    record = _new(registry)
+    lease = registry.acquire(record.id)
+    assert registry.request_release(record.id, hard=False)
+    assert lease.heartbeat() is Mailbox.SOFT_RELEASE
+    lease.acknowledge()
+    assert registry.request_state(record.id) == "acknowledged"
+    assert lease.heartbeat() is Mailbox.HELD
+    registry.request_release(record.id, hard=True)
+    registry.request_release(record.id, hard=False)
+    assert lease.heartbeat() is Mailbox.HARD_RELEASE
+    lease.release()
+
+
+def test_no_release_request_without_a_holder(registry: Registry) -> None:
+    record = _new(registry)
+    assert not registry.request_release(record.id, hard=True)
+
+
+def test_acquire_frees_a_cooperating_holder(registry: Registry) -> None:
+    record = _new(registry)
+    lease = registry.acquire(record.id)
+
+    def holder() -> None:
+        while lease.heartbeat() is not Mailbox.HARD_RELEASE:
+            time.sleep(0.01)
+        lease.release()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    registry.acquire(record.id, wait=2).release()
+    thread.join()
+
+
+def test_save_commits_only_under_the_lease(registry: Registry) -> None:
+    record = _new(registry)
+    lease = registry.acquire(record.id)
+    record.offset = 4
+    registry.save(lease, record)
+    assert registry.get(record.id).offset == 4
+    assert registry.store.read_sidecar(record.id).offset == 4
+    lease.release()
+    if isinstance(registry, RedisRegistry):
+        record.offset = 6
+        with pytest.raises(LeaseLost):
+            registry.save(lease, record)
+        assert registry.get(record.id).offset == 4
+
+
+def test_redis_lease_expires_and_its_holder_knows(redis_registry: RedisRegistry) -> None:
+    registry = redis_registry
+    record = _new(registry)
+    lease = registry.acquire(record.id)
+    assert lease.is_valid()
+    time.sleep(1.1)
+    assert not lease.is_valid()  # local check, before Redis is even asked
+    other = registry.acquire(record.id, wait=0)
+    assert lease.heartbeat() is Mailbox.LOST
+    record.offset = 9
+    with pytest.raises(LeaseLost):
+        registry.save(lease, record)
+    other.release()
+
+
+def test_delete_forgets_and_does_not_resurrect(registry: Registry) -> None:
+    record = _new(registry)
+    lease = registry.acquire(record.id)
+    registry.delete(lease)
+    lease.release()
+    assert registry.get(record.id) is None
+    assert not registry.store.data_path(record.id).exists()
+
+
+def test_redis_record_rebuilt_from_sidecar_after_flush(redis_registry: RedisRegistry) -> None:
+    registry = redis_registry
+    record = _new(registry)
+    lease = registry.acquire(record.id)
+    record.offset = 7
+    registry.save(lease, record)
+    lease.release()
+    for key in registry.redis.scan_iter(registry.prefix + "*"):
+        registry.redis.delete(key)
+    assert registry.get(record.id) == record
