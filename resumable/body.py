@@ -153,7 +153,7 @@ class _GunicornBody(RequestBody):
     def __init__(self, environ: dict, on_idle: Callable[[], None], poll_interval: float):
         self.wsgi_input = environ["wsgi.input"]
         self.reader = self.wsgi_input.reader
-        self.unreader = self.reader.unreader
+        self.unreader = _unreader_of(self.reader)
         self.source = SocketSource(
             environ["gunicorn.socket"], self.unreader.take_buffered(), on_idle, poll_interval
         )
@@ -255,6 +255,16 @@ class GunicornChunkedBody(_GunicornBody):
         self.reader.buf = io.BytesIO()
 
 
+def _unreader_of(reader: object) -> object | None:
+    """gunicorn's read buffer behind a body reader (chunked keeps it on the request)."""
+    unreader = getattr(reader, "unreader", None)
+    if unreader is None:
+        unreader = getattr(getattr(reader, "req", None), "unreader", None)
+    if unreader is None or not hasattr(unreader, "take_buffered"):
+        return None
+    return unreader
+
+
 def open_body(environ: dict, on_idle: Callable[[], None], poll_interval: float) -> RequestBody:
     """The request's body, read from gunicorn's socket when it is there."""
     stream = environ["wsgi.input"]
@@ -263,7 +273,7 @@ def open_body(environ: dict, on_idle: Callable[[], None], poll_interval: float) 
         and isinstance(stream, GunicornBody)
         and environ.get("gunicorn.socket") is not None
         and stream.buf.tell() == 0
-        and hasattr(stream.reader, "unreader")
+        and _unreader_of(stream.reader) is not None
     ):
         if isinstance(stream.reader, LengthReader):
             return GunicornLengthBody(environ, on_idle, poll_interval)

@@ -86,13 +86,13 @@ class FileStore:
     # -- data ----------------------------------------------------------------
 
     def open_for_append(self, upload_id: str, offset: int) -> int:
-        """A write descriptor positioned at ``offset``.
+        """A read-write descriptor positioned at ``offset`` (reads verify trailers).
 
         Whatever the file holds past the recorded offset was never
         acknowledged (a crash between write and commit, or a rejected
         checksummed chunk), so it is cut off before appending.
         """
-        fd = os.open(self.data_path(upload_id), os.O_WRONLY | os.O_CLOEXEC)
+        fd = os.open(self.data_path(upload_id), os.O_RDWR | os.O_CLOEXEC)
         try:
             if os.fstat(fd).st_size != offset:
                 os.ftruncate(fd, offset)

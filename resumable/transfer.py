@@ -20,7 +20,11 @@ disk full                 all written                     507
 ========================  ==============================  ==========
 
 With ``Upload-Checksum`` nothing is committed before the digest matched, so
-every ending but the first keeps none of the request's bytes.
+every ending but the first keeps none of the request's bytes. The header's
+digest is computed as the body streams. A digest announced as a trailer
+(``Trailer: Upload-Checksum``, checksum-trailer) names its algorithm only
+after the last byte, so that one is verified by reading the request's bytes
+back from the file, which the page cache still holds.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import time
 from dataclasses import dataclass
 
 from .body import ClientDisconnected, MalformedBody, RequestBody, open_body
-from .checksum import Checksum
+from .checksum import Checksum, parse_checksum
 from .protocol import (
     BadRequest,
     ChecksumMismatch,
@@ -90,13 +94,14 @@ class Appender:
         record: UploadRecord,
         limit: int | None,
         checksum: Checksum | None,
+        trailer_checksum: bool = False,
     ) -> UploadRecord:
         """Stream the request body onto ``record`` at its offset; commit; return it.
 
         ``limit`` is how many bytes this request may add (None: no bound).
         Raises a TusError after keeping what the table above says.
         """
-        run = _Run(self, lease, record, checksum)
+        run = _Run(self, lease, record, checksum, trailer_checksum)
         body = open_body(environ, run.on_idle, self.settings.heartbeat)
         return run.stream(body, limit)
 
@@ -105,7 +110,12 @@ class _Run:
     """State of one append: kept apart so the loop reads locals, not lookups."""
 
     def __init__(
-        self, appender: Appender, lease: Lease, record: UploadRecord, checksum: Checksum | None
+        self,
+        appender: Appender,
+        lease: Lease,
+        record: UploadRecord,
+        checksum: Checksum | None,
+        trailer_checksum: bool,
     ):
         self.settings = appender.settings
         self.registry = appender.registry
@@ -114,6 +124,9 @@ class _Run:
         self.lease = lease
         self.record = record
         self.checksum = checksum
+        self.trailer_checksum = trailer_checksum
+        #: Bytes are only staged (never committed early) while a digest is due.
+        self.staged = checksum is not None or trailer_checksum
         self.start = record.offset
         self.written = 0
         now = time.monotonic()
@@ -139,6 +152,8 @@ class _Run:
             if self.checksum is not None and not self.checksum.matches():
                 self._discard()
                 raise ChecksumMismatch("Upload-Checksum does not match the body")
+            if self.trailer_checksum:
+                self._verify_trailer(body, view)
             self._commit()
             return self.record
         except ClientDisconnected as error:
@@ -222,7 +237,7 @@ class _Run:
         if state is Mailbox.HARD_RELEASE:
             raise _HandOver()
         if (
-            self.checksum is None
+            not self.staged
             and self.written > self.committed
             and (
                 state is Mailbox.SOFT_RELEASE
@@ -255,8 +270,30 @@ class _Run:
         self.written = 0
         self.record.offset = self.start
 
+    def _verify_trailer(self, body: RequestBody, view: memoryview) -> None:
+        value = body.trailers.get("upload-checksum")
+        if value is None:
+            self._discard()
+            raise ChecksumMismatch("the Upload-Checksum trailer never arrived")
+        try:
+            checksum = parse_checksum(value)
+        except BadRequest:
+            self._discard()
+            raise
+        assert checksum is not None
+        position, end = self.start, self.start + self.written
+        while position < end:
+            n = os.preadv(self.fd, [view[: min(len(view), end - position)]], position)
+            if n <= 0:
+                raise OSError(errno.EIO, "upload file is shorter than the bytes just written")
+            checksum.update(view[:n])
+            position += n
+        if not checksum.matches():
+            self._discard()
+            raise ChecksumMismatch("Upload-Checksum trailer does not match the body")
+
     def _keep_or_discard(self) -> None:
-        if self.checksum is not None:
+        if self.staged:
             self._discard()
         elif self.written > self.committed:
             self._commit()

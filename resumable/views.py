@@ -49,6 +49,7 @@ EXTENSIONS = (
     "termination",
     "expiration",
     "checksum",
+    "checksum-trailer",
     "concatenation",
     "concatenation-unfinished",
 )
@@ -124,7 +125,7 @@ def create() -> Response:
     length = _creation_length(settings)
     raw_metadata = _metadata_header()
     has_body = _has_body()
-    checksum = parse_checksum(request.headers.get("Upload-Checksum"))
+    checksum, trailer = _checksum_headers()
     if has_body:
         if not is_offset_stream(request.headers.get("Content-Type")):
             raise UnsupportedMediaType(
@@ -148,7 +149,7 @@ def create() -> Response:
     if has_body:
         try:
             with _locked(record.id) as (lease, current):
-                record = _append(lease, current, checksum)
+                record = _append(lease, current, checksum, trailer)
         except TusError as error:
             error.headers.setdefault("Location", location)
             raise
@@ -287,7 +288,7 @@ def patch(upload_id: str) -> Response:
     new_length = (
         None if length_header is None else parse_uint(length_header.strip(), "Upload-Length")
     )
-    checksum = parse_checksum(request.headers.get("Upload-Checksum"))
+    checksum, trailer = _checksum_headers()
     _require_known_id(upload_id)
     _load(upload_id)
 
@@ -301,7 +302,7 @@ def patch(upload_id: str) -> Response:
             )
         if new_length is not None:
             _declare_length(lease, record, new_length)
-        record = _append(lease, record, checksum)
+        record = _append(lease, record, checksum, trailer)
     if record.is_partial and record.is_complete:
         services().concatenator.complete_waiting(record.id)
     return _empty(204, headers=_after_append_headers(record))
@@ -322,7 +323,21 @@ def _declare_length(lease: Lease, record: UploadRecord, length: int) -> None:
     services().registry.save(lease, record)
 
 
-def _append(lease: Lease, record: UploadRecord, checksum: Checksum | None) -> UploadRecord:
+def _checksum_headers() -> tuple[Checksum | None, bool]:
+    """Upload-Checksum as a header, or announced as a trailer (never both)."""
+    checksum = parse_checksum(request.headers.get("Upload-Checksum"))
+    announced = {name.strip().lower() for name in request.headers.get("Trailer", "").split(",")}
+    trailer = "upload-checksum" in announced
+    if trailer and checksum is not None:
+        raise BadRequest("send Upload-Checksum as a header or as a trailer, not both")
+    if trailer and not _is_chunked():
+        raise BadRequest("an Upload-Checksum trailer needs a chunked body")
+    return checksum, trailer
+
+
+def _append(
+    lease: Lease, record: UploadRecord, checksum: Checksum | None, trailer: bool = False
+) -> UploadRecord:
     """Check the body fits, then stream it in."""
     svc = services()
     if record.length is not None:
@@ -339,7 +354,7 @@ def _append(lease: Lease, record: UploadRecord, checksum: Checksum | None) -> Up
         )
     if declared == 0 and checksum is None:
         return record
-    return svc.appender.append(request.environ, lease, record, limit, checksum)
+    return svc.appender.append(request.environ, lease, record, limit, checksum, trailer)
 
 
 def _after_append_headers(record: UploadRecord) -> dict[str, str]:
@@ -418,8 +433,10 @@ def _empty(status: int, headers: dict[str, str] | None = None) -> Response:
 
 
 def _has_body() -> bool:
-    if request.content_length:
-        return True
+    return bool(request.content_length) or _is_chunked()
+
+
+def _is_chunked() -> bool:
     return "chunked" in request.headers.get("Transfer-Encoding", "").lower()
 
 
