@@ -166,7 +166,7 @@ class Server:
             text = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text()
         except OSError:
             return []
-        return [int(pid) for pid in text.split()]
+        return [int(pid) for pid in text.split() if not _is_collector(int(pid))]
 
     def log(self) -> str:
         try:
@@ -183,6 +183,15 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(10)
+
+
+def _is_collector(pid: int) -> bool:
+    """The `resumable gc --every` child that `serve` starts beside its workers."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"gc" in argv and b"--every" in argv
 
 
 class TusClient:
