@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import io
 import socket
+import time
 from collections.abc import Callable
 
 try:
@@ -39,6 +40,11 @@ except ImportError:  # pragma: no cover - gunicorn is a dependency
 
 MAX_CHUNK_LINE = 4096
 MAX_TRAILERS = 16 * 1024
+#: An unread remainder up to this size is drained to keep the connection
+#: (gunicorn does the same for bodies the app never opened); a larger one
+#: closes it rather than read what nobody will keep.
+DRAIN_LIMIT = 64 * 1024
+DRAIN_SECONDS = 1.0
 
 
 class BodyError(Exception):
@@ -64,8 +70,13 @@ class RequestBody:
     def readinto(self, view: memoryview) -> int:
         raise NotImplementedError
 
-    def release(self, complete: bool) -> None:
-        """Hand the connection back; ``complete`` says the body was read to its end."""
+    def release(self, drain: bool) -> None:
+        """Hand the connection back once the request is done with the body.
+
+        A body not read to its end is drained when ``drain`` is set and the
+        rest is small (so the client, still sending, reads the answer instead
+        of a reset), else the connection is closed after the answer.
+        """
 
 
 class StreamBody(RequestBody):
@@ -160,15 +171,35 @@ class _GunicornBody(RequestBody):
         self.trailers = {}
         self.ended = False
 
-    def release(self, complete: bool) -> None:
+    def release(self, drain: bool) -> None:
+        if not self.ended and drain:
+            self._drain()
         self.source.restore()
-        if complete and self.ended:
+        if self.ended:
             # Bytes read past the body belong to the next request.
             if self.source.pending:
                 self.unreader.unread(bytes(self.source.pending))
             self._mark_consumed()
         else:
             self.wsgi_input.failed = True
+
+    def _drain(self) -> None:
+        """Read and drop up to DRAIN_LIMIT bytes for DRAIN_SECONDS at most."""
+        deadline = time.monotonic() + DRAIN_SECONDS
+
+        def give_up_when_late() -> None:
+            if time.monotonic() >= deadline:
+                raise ClientDisconnected("gave up draining the body")
+
+        self.source.on_idle = give_up_when_late
+        scratch = memoryview(bytearray(16 * 1024))
+        dropped = 0
+        try:
+            while not self.ended and dropped <= DRAIN_LIMIT:
+                dropped += self.readinto(scratch)
+                give_up_when_late()
+        except BodyError:
+            pass
 
     def _mark_consumed(self) -> None:
         raise NotImplementedError
@@ -285,10 +316,6 @@ def open_body(environ: dict, on_idle: Callable[[], None], poll_interval: float) 
         declared = 0  # no length and no terminated stream: no body we can find the end of
     return StreamBody(stream, declared)
 
-
-#: An unread remainder up to this size is drained by gunicorn to keep the
-#: connection; a larger one closes it rather than read what nobody will keep.
-DRAIN_LIMIT = 64 * 1024
 
 
 def abandon_unread_body(environ: dict) -> None:

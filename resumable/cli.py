@@ -81,7 +81,12 @@ class GunicornServer(BaseApplication):
             "loglevel": s.log_level,
             "accesslog": None,
             "errorlog": "-",
+            "limit_request_line": 8190,
             "limit_request_field_size": 65536,
+            # Proxy headers are honoured only through --trust-proxy (TrustedProxy),
+            # never because the peer happens to be 127.0.0.1.
+            "secure_scheme_headers": {},
+            "forwarded_allow_ips": "",
             "limit_request_fields": 200,
             "proc_name": "resumable",
             # One control socket per user would collide between servers.

@@ -142,11 +142,11 @@ class _Run:
         buffer = self.pool.take()
         view = memoryview(buffer)
         self.fd = self.store.open_for_append(self.record.id, self.start)
-        complete = False
+        drain = False  # read the rest of a small body the client is still sending
         try:
             overflow = self._loop(body, view, limit)
-            complete = not overflow
             if overflow:
+                drain = True
                 self._keep_or_discard()
                 raise PayloadTooLarge("body is longer than the upload's remaining length")
             if self.checksum is not None and not self.checksum.matches():
@@ -172,10 +172,12 @@ class _Run:
                 {"Upload-Offset": str(self.record.offset)},
             ) from None
         except LeaseLost:
+            drain = True
             raise Locked("lost the lock on this upload; retry") from None
         except OSError as error:
             if error.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
+            drain = True
             self._keep_or_discard()
             raise InsufficientStorage(
                 f"storage is full; {self.record.offset} bytes are stored, retry later",
@@ -184,7 +186,7 @@ class _Run:
         finally:
             os.close(self.fd)
             self.pool.give(buffer)
-            body.release(complete)
+            body.release(drain)
 
     def _loop(self, body: RequestBody, view: memoryview, limit: int | None) -> bool:
         """Copy the body to the file; True when it ran past ``limit``."""

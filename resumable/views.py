@@ -96,8 +96,8 @@ def require_tus_version() -> None:
 
 
 @blueprint.route("/", methods=["OPTIONS"], strict_slashes=False, provide_automatic_options=False)
-@blueprint.route("/<path:_any>", methods=["OPTIONS"], provide_automatic_options=False)
-def options(_any: str | None = None) -> Response:
+@blueprint.route("/<_upload_id>", methods=["OPTIONS"], provide_automatic_options=False)
+def options(_upload_id: str | None = None) -> Response:
     settings = services().settings
     response = _empty(204)
     response.headers["Tus-Version"] = TUS_VERSION

@@ -26,6 +26,7 @@ from ..records import UploadRecord
 from ..storage import FileStore
 
 POLL_SECONDS = 0.02
+REPEAT_REQUEST_SECONDS = 0.5
 
 
 class Mailbox(enum.Enum):
@@ -124,14 +125,18 @@ class Registry(ABC):
     def acquire(self, upload_id: str, wait: float | None = None) -> Lease:
         """The lock, asking its holder to let go; Locked after ``wait`` seconds."""
         deadline = time.monotonic() + (self.lock_wait if wait is None else wait)
-        asked = False
+        next_request = 0.0
         while True:
             lease = self.try_acquire(upload_id)
             if lease is not None:
                 return lease
-            if not asked:
-                asked = self.request_release(upload_id, hard=True)
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now >= next_request:
+                # Asked again now and then: the lock may have passed to
+                # another newcomer, which our first request did not address.
+                self.request_release(upload_id, hard=True)
+                next_request = now + REPEAT_REQUEST_SECONDS
+            if now >= deadline:
                 raise Locked("another request is writing this upload; retry shortly")
             time.sleep(POLL_SECONDS)
 
