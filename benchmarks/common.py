@@ -1,0 +1,654 @@
+"""Shared pieces of the benchmarks: processes, /proc readings, a fast raw HTTP client.
+
+Nothing here imports the tests: the benchmarks start ``python -m resumable serve``
+(gunicorn) and, when asked, a private ``redis-server`` themselves, and talk to the
+server with the standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import http.client
+import importlib.metadata
+import multiprocessing
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+TiB = 1024 * GiB
+
+TUS_HEADERS = {"Tus-Resumable": "1.0.0"}
+OFFSET_STREAM = "application/offset+octet-stream"
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "kib": KiB, "ki": KiB,
+    "m": 1000**2, "mb": 1000**2, "mib": MiB, "mi": MiB,
+    "g": 1000**3, "gb": 1000**3, "gib": GiB, "gi": GiB,
+    "t": 1000**4, "tb": 1000**4, "tib": TiB, "ti": TiB,
+}
+
+
+# --------------------------------------------------------------------------
+# Sizes and figures
+# --------------------------------------------------------------------------
+
+
+def parse_size(text: str) -> int:
+    """``"256MiB"`` -> 268435456; decimal units (MB) are powers of 1000, binary (MiB) of 1024."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"not a size: {text!r} (try 64MiB, 4GiB, 1000000)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def parse_sizes(text: str) -> list[int]:
+    return [parse_size(part) for part in text.split(",") if part.strip()]
+
+
+def format_size(size: int) -> str:
+    """Exact binary label when there is one (``4GiB``), else bytes."""
+    for unit, factor in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return f"{size}B"
+
+
+def mb_per_s(size: int, seconds: float) -> float:
+    """Megabytes (10^6) per second."""
+    return size / 1e6 / seconds if seconds > 0 else float("nan")
+
+
+def mib_per_s(size: int, seconds: float) -> float:
+    """Mebibytes (2^20) per second."""
+    return size / MiB / seconds if seconds > 0 else float("nan")
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def to_mib(size: int | None) -> float | None:
+    return None if size is None else round(size / MiB, 1)
+
+
+# --------------------------------------------------------------------------
+# Host
+# --------------------------------------------------------------------------
+
+
+def meminfo_total() -> int | None:
+    """MemTotal from /proc/meminfo, in bytes."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * KiB
+    return None
+
+
+def _read_int(path: str) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        return int(Path(path).read_text().strip())
+    return None
+
+
+def host_info() -> dict[str, Any]:
+    try:
+        gunicorn_version = importlib.metadata.version("gunicorn")
+    except importlib.metadata.PackageNotFoundError:
+        gunicorn_version = None
+    try:
+        resumable_version = importlib.metadata.version("resumable")
+    except importlib.metadata.PackageNotFoundError:
+        resumable_version = None
+    return {
+        "cpu_count": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "mem_total_bytes": meminfo_total(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "gunicorn": gunicorn_version,
+        "resumable": resumable_version,
+        "vm_dirty_ratio": _read_int("/proc/sys/vm/dirty_ratio"),
+        "vm_dirty_background_ratio": _read_int("/proc/sys/vm/dirty_background_ratio"),
+    }
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------
+# /proc readings
+# --------------------------------------------------------------------------
+
+
+def proc_memory(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (lifetime peak RSS) of a process, in bytes; {} if it is gone."""
+    result: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status", "rb") as handle:
+            for line in handle:
+                if line.startswith((b"VmRSS:", b"VmHWM:")):
+                    name, value = line.split(b":", 1)
+                    result[name.decode()] = int(value.split()[0]) * KiB
+    except (OSError, ValueError):
+        return {}
+    return result
+
+
+def _vm_rss(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * KiB
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def proc_bytes_written(pid: int) -> int | None:
+    """``wchar`` of /proc/<pid>/io: bytes the process passed to write calls so far."""
+    try:
+        with open(f"/proc/{pid}/io", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"wchar:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a process used so far (from /proc/<pid>/stat)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields_after_name = text.rsplit(")", 1)[1].split()
+    # Fields 14 and 15 of stat(5); the list starts at field 3 (state).
+    return (int(fields_after_name[11]) + int(fields_after_name[12])) / _CLOCK_TICKS
+
+
+def child_pids(pid: int) -> list[int]:
+    """Children of a process's main thread (gunicorn workers of a master)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return list(dict.fromkeys(int(p) for p in text.split()))  # seen listed twice
+
+
+def proc_cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+class RssSampler:
+    """Samples VmRSS of some processes every ``interval`` seconds in a thread.
+
+    ``pids()`` is called on every round so a worker that gunicorn replaced
+    mid-run is still seen. Keeps the peak per pid and how many samples ran.
+    """
+
+    def __init__(self, pids: Callable[[], list[int]], interval: float = 0.01):
+        self.pids = pids
+        self.interval = interval
+        self.peak: dict[int, int] = {}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.sample()
+            if self._stop.wait(self.interval):
+                break
+        self.sample()
+
+    def sample(self) -> None:
+        for pid in self.pids():
+            rss = _vm_rss(pid)
+            if rss is not None and rss > self.peak.get(pid, -1):
+                self.peak[pid] = rss
+        self.samples += 1
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# --------------------------------------------------------------------------
+# Processes
+# --------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+class RedisProcess:
+    """A private ``redis-server`` on a free port that keeps nothing on disk."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisProcess:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not on PATH (apt-get install redis-server)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        if not wait_until(self.ping, 10):
+            self.stop()
+            raise RuntimeError("redis-server did not answer PING within 10 s")
+        return self
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+@dataclass
+class ServerProcess:
+    """``python -m resumable serve`` (gunicorn master + workers) on a free port."""
+
+    data_dir: Path
+    log_path: Path
+    workers: int = 2
+    threads: int | None = None
+    chunk_size: int | None = None
+    redis_url: str | None = None
+    extra_args: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = field(default_factory=free_port)
+    base_path: str = "/files/"
+    process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        args = [sys.executable, "-m", "resumable", "serve", "--host", self.host,
+                "--port", str(self.port), "--data-dir", str(self.data_dir),
+                "--workers", str(self.workers), "--base-path", self.base_path,
+                "--log-level", "warning"]
+        if self.threads is not None:
+            args += ["--threads", str(self.threads)]
+        if self.chunk_size is not None:
+            args += ["--chunk-size", str(self.chunk_size)]
+        if self.redis_url:
+            args += ["--redis-url", self.redis_url, "--redis-prefix", f"bench{self.port}:"]
+        return args + self.extra_args
+
+    @property
+    def master_pid(self) -> int:
+        if self.process is None:
+            raise RuntimeError("server is not started")
+        return self.process.pid
+
+    def start(self, timeout: float = 30) -> ServerProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=log, start_new_session=True
+            )
+        if not wait_until(self.ready, timeout, 0.1):
+            self.stop()
+            raise RuntimeError(f"server did not start; its log:\n{self.log()}")
+        if not wait_until(lambda: len(self.worker_pids()) >= self.workers, 10):
+            self.stop()
+            raise RuntimeError(f"gunicorn did not start {self.workers} workers:\n{self.log()}")
+        return self
+
+    def ready(self) -> bool:
+        if self.process is None or self.process.poll() is not None:
+            return False
+        try:
+            status, _ = request(self.host, self.port, "OPTIONS", self.base_path, timeout=1)
+        except OSError:
+            return False
+        return status in (200, 204)
+
+    def role(self, pid: int) -> str:
+        """``master``, ``worker`` (a forked gunicorn worker) or what another child runs."""
+        if pid == self.master_pid:
+            return "master"
+        command = proc_cmdline(pid)
+        if command == proc_cmdline(self.master_pid) or any("worker" in c for c in command):
+            return "worker"
+        if "resumable" in command:  # e.g. the `resumable gc` collector the master starts
+            return " ".join(command[command.index("resumable") + 1:])[:24] or "child"
+        return " ".join(command)[:24] or "child"
+
+    def worker_pids(self) -> list[int]:
+        """The gunicorn workers: children of the master that are its forks."""
+        if self.process is None:
+            return []
+        return [pid for pid in child_pids(self.master_pid) if self.role(pid) == "worker"]
+
+    def all_pids(self) -> list[int]:
+        """The master and all its children (workers and any helper process)."""
+        if self.process is None:
+            return []
+        return [self.master_pid, *child_pids(self.master_pid)]
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(40)  # gunicorn's graceful_timeout is 30 s
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+
+LOG_TROUBLE = re.compile(
+    r"Traceback|ERROR|CRITICAL|WORKER TIMEOUT|Worker \(pid:\d+\) (was sent|exited)|"
+    r"Exception|Booting worker", re.IGNORECASE,
+)
+
+
+def log_trouble(text: str) -> list[str]:
+    """Lines of a gunicorn log worth a look (errors, timeouts, worker restarts)."""
+    return [line for line in text.splitlines() if LOG_TROUBLE.search(line)]
+
+
+# --------------------------------------------------------------------------
+# HTTP
+# --------------------------------------------------------------------------
+
+
+def request(
+    host: str, port: int, method: str, path: str,
+    headers: dict[str, str] | None = None, timeout: float = 60,
+) -> tuple[int, dict[str, str]]:
+    """One small request on its own connection; the status and headers of the answer."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request(method, path, headers=headers or {})
+        response = connection.getresponse()
+        response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        connection.close()
+
+
+def fill_buffer(size: int) -> memoryview:
+    """One pre-filled send buffer (random bytes: nothing downstream can shortcut it)."""
+    return memoryview(bytearray(os.urandom(size)))
+
+
+def send_repeated(sock: socket.socket, buffer: memoryview, size: int) -> None:
+    """Send ``size`` bytes by repeating ``buffer``: no allocation per chunk."""
+    whole, rest = divmod(size, len(buffer))
+    sendall = sock.sendall
+    for _ in range(whole):
+        sendall(buffer)
+    if rest:
+        sendall(buffer[:rest])
+
+
+class HttpError(Exception):
+    pass
+
+
+def read_response_head(sock: socket.socket, limit: int = 65536) -> tuple[int, dict[str, str]]:
+    """Read an HTTP response's status line and headers (the benchmarks need no bodies)."""
+    data = bytearray()
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise HttpError(f"connection closed before a full response head: {bytes(data)!r}")
+        data += chunk
+        if len(data) > limit:
+            raise HttpError("response head is too large")
+    head = bytes(data).split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    status_line, *lines = head.split("\r\n")
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/"):
+        raise HttpError(f"bad status line {status_line!r}")
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(parts[1]), headers
+
+
+@dataclass
+class PatchTiming:
+    status: int
+    headers: dict[str, str]
+    #: From the first header byte sent to the last response header byte read.
+    wall_s: float
+    #: From the first header byte sent to the return of the last sendall.
+    sent_s: float
+    #: CPU seconds the sending thread used (user + system).
+    client_cpu_s: float
+    #: The send failed (server answered early and closed); the error text.
+    send_error: str | None = None
+
+
+def raw_patch(
+    host: str, port: int, path: str, offset: int, size: int, buffer: memoryview,
+    timeout: float = 600,
+) -> PatchTiming:
+    """One PATCH with ``Content-Length: size`` whose body is ``buffer`` repeated."""
+    head = (
+        f"PATCH {path} HTTP/1.1\r\n"
+        f"Host: {host}:{port}\r\n"
+        "Tus-Resumable: 1.0.0\r\n"
+        f"Upload-Offset: {offset}\r\n"
+        f"Content-Type: {OFFSET_STREAM}\r\n"
+        f"Content-Length: {size}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode("ascii")
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        cpu0 = time.thread_time()
+        t0 = time.perf_counter()
+        send_error = None
+        try:
+            sock.sendall(head)
+            send_repeated(sock, buffer, size)
+        except OSError as error:
+            send_error = f"{type(error).__name__}: {error}"
+        t_sent = time.perf_counter()
+        cpu1 = time.thread_time()
+        try:
+            status, headers = read_response_head(sock)
+        except (OSError, HttpError) as error:
+            if send_error is None:
+                raise
+            raise HttpError(f"send failed ({send_error}) and no answer: {error}") from None
+        t_done = time.perf_counter()
+    return PatchTiming(status, headers, t_done - t0, t_sent - t0, cpu1 - cpu0, send_error)
+
+
+# --------------------------------------------------------------------------
+# Client speed against a loopback sink
+# --------------------------------------------------------------------------
+
+
+def _sink_main(pipe: Connection, buffer_size: int) -> None:
+    """Child process: accept connections, discard what comes, answer with the byte count."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        pipe.send(listener.getsockname()[1])
+        buffer = memoryview(bytearray(buffer_size))
+        while True:
+            conn, _ = listener.accept()
+            with conn:
+                total = 0
+                while True:
+                    n = conn.recv_into(buffer)
+                    if n == 0:
+                        break
+                    total += n
+                if total == 0:
+                    return  # an empty connection is the signal to quit
+                conn.sendall(struct.pack("!Q", total))
+
+
+@dataclass
+class SinkResult:
+    size: int
+    seconds: list[float]
+    client_cpu_s: list[float]
+
+    @property
+    def median_s(self) -> float:
+        return median(self.seconds)
+
+
+def measure_client_speed(buffer: memoryview, size: int, repeats: int = 3) -> SinkResult:
+    """Time the raw client sending ``size`` bytes to a discarding process over loopback."""
+    context = multiprocessing.get_context("spawn")
+    parent_end, child_end = context.Pipe()
+    sink = context.Process(target=_sink_main, args=(child_end, len(buffer)), daemon=True)
+    sink.start()
+    seconds: list[float] = []
+    cpu: list[float] = []
+    try:
+        if not parent_end.poll(30):
+            raise RuntimeError("loopback sink did not start")
+        port = int(parent_end.recv())
+        for _ in range(repeats):
+            with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                cpu0 = time.thread_time()
+                t0 = time.perf_counter()
+                send_repeated(sock, buffer, size)
+                sock.shutdown(socket.SHUT_WR)
+                reply = b""
+                while len(reply) < 8:
+                    chunk = sock.recv(8 - len(reply))
+                    if not chunk:
+                        break
+                    reply += chunk
+                seconds.append(time.perf_counter() - t0)
+                cpu.append(time.thread_time() - cpu0)
+            if len(reply) != 8 or struct.unpack("!Q", reply)[0] != size:
+                raise RuntimeError(f"loopback sink counted {reply!r}, expected {size}")
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            pass  # empty connection: the sink quits
+    finally:
+        sink.join(10)
+        if sink.is_alive():
+            sink.terminate()
+            sink.join(5)
+    return SinkResult(size, seconds, cpu)
+
+
+# --------------------------------------------------------------------------
+# Baseline: what the file system takes from one sequential writer
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class WriteTiming:
+    #: open to close, writes and (with fsync) the fsync included.
+    seconds: float
+    #: Time spent in fsync alone (0 without).
+    fsync_s: float
+
+
+def baseline_write(directory: Path, size: int, buffer: memoryview, fsync: bool) -> WriteTiming:
+    """Write ``size`` bytes to a new file in ``directory`` from ``buffer``; then remove it."""
+    path = directory / f".baseline-{os.getpid()}-{time.monotonic_ns()}.tmp"
+    whole, rest = divmod(size, len(buffer))
+    fsync_s = 0.0
+    t0 = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        for _ in range(whole):
+            _write_all(fd, buffer)
+        if rest:
+            _write_all(fd, buffer[:rest])
+        if fsync:
+            t_sync = time.perf_counter()
+            os.fsync(fd)
+            fsync_s = time.perf_counter() - t_sync
+    finally:
+        os.close(fd)
+        elapsed = time.perf_counter() - t0
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    return WriteTiming(elapsed, fsync_s)
+
+
+def _write_all(fd: int, chunk: memoryview) -> None:
+    written = os.write(fd, chunk)
+    while written < len(chunk):
+        written += os.write(fd, chunk[written:])
