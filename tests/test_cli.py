@@ -1,0 +1,276 @@
+"""The command line and its settings: help, environment, flags, bad values, README.
+
+Flags and environment variables are both generated from the fields of
+:class:`resumable.settings.Settings`; these tests hold the CLI and the
+README to that one list.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from resumable.cli import build_parser, settings_from_args
+from resumable.settings import ENV_PREFIX, Settings
+
+from .support import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+
+FIELDS = dataclasses.fields(Settings)
+DOCUMENTED_FLAGS = (
+    "--host",
+    "--port",
+    "--data-dir",
+    "--redis-url",
+    "--base-path",
+    "--workers",
+    "--max-size",
+    "--lock-ttl",
+    "--trust-proxy",
+)
+
+
+def flag(f: dataclasses.Field) -> str:
+    return "--" + f.name.replace("_", "-")
+
+
+def variable(f: dataclasses.Field) -> str:
+    return ENV_PREFIX + f.name.upper()
+
+
+def clean_environment(**variables: str) -> dict[str, str]:
+    """This process's environment without any RESUMABLE_* variable, plus ``variables``."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    environment.update(variables)
+    return environment
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m resumable ARGS``; a server started by mistake is killed with its children."""
+    command = [sys.executable, "-m", "resumable", *args]
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=clean_environment() if env is None else env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{command} was still running after 30 s:\n{stderr[-2000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+@pytest.fixture
+def no_settings_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in list(os.environ):
+        if name.startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+# --------------------------------------------------------------------------
+# Help
+# --------------------------------------------------------------------------
+
+
+def test_top_level_help() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0, result.stderr
+    assert "serve" in result.stdout
+
+
+def test_serve_help_documents_every_flag_and_variable() -> None:
+    result = run_cli("serve", "--help")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())  # argparse wraps lines anywhere
+    for name in DOCUMENTED_FLAGS:
+        assert re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text), name
+    for f in FIELDS:
+        assert flag(f) in text, flag(f)
+        assert variable(f) in text.replace(" ", ""), variable(f)
+
+
+# --------------------------------------------------------------------------
+# Environment and flags
+# --------------------------------------------------------------------------
+
+
+def parse(*argv: str) -> Settings:
+    return settings_from_args(build_parser().parse_args(["serve", *argv]))
+
+
+def test_defaults_without_environment_or_flags(no_settings_env: pytest.MonkeyPatch) -> None:
+    assert parse() == Settings()
+
+
+def test_environment_is_read(no_settings_env: pytest.MonkeyPatch) -> None:
+    no_settings_env.setenv("RESUMABLE_PORT", "8081")
+    no_settings_env.setenv("RESUMABLE_DATA_DIR", "/srv/uploads")
+    no_settings_env.setenv("RESUMABLE_REDIS_URL", "redis://cache:6379/2")
+    no_settings_env.setenv("RESUMABLE_LOCK_TTL", "12.5")
+    no_settings_env.setenv("RESUMABLE_TRUST_PROXY", "yes")
+    no_settings_env.setenv("RESUMABLE_BASE_PATH", "uploads")
+    settings = parse()
+    assert settings.port == 8081
+    assert settings.data_dir == "/srv/uploads"
+    assert settings.redis_url == "redis://cache:6379/2"
+    assert settings.lock_ttl == 12.5
+    assert settings.trust_proxy is True
+    assert settings.base_path == "/uploads/"
+
+
+def test_load_reads_a_given_environment() -> None:
+    settings = Settings.load(environ={"RESUMABLE_WORKERS": "4", "RESUMABLE_MAX_SIZE": "1000"})
+    assert (settings.workers, settings.max_size) == (4, 1000)
+
+
+def test_flags_override_environment(no_settings_env: pytest.MonkeyPatch) -> None:
+    no_settings_env.setenv("RESUMABLE_PORT", "8081")
+    no_settings_env.setenv("RESUMABLE_HOST", "0.0.0.0")
+    no_settings_env.setenv("RESUMABLE_TRUST_PROXY", "true")
+    settings = parse("--port", "9090", "--no-trust-proxy")
+    assert settings.port == 9090
+    assert settings.trust_proxy is False
+    assert settings.host == "0.0.0.0", "a setting without a flag still comes from the environment"
+
+
+def test_boolean_flag_turns_on(no_settings_env: pytest.MonkeyPatch) -> None:
+    no_settings_env.setenv("RESUMABLE_TRUST_PROXY", "false")
+    assert parse("--trust-proxy").trust_proxy is True
+
+
+def test_empty_redis_url_means_the_embedded_registry(no_settings_env: pytest.MonkeyPatch) -> None:
+    no_settings_env.setenv("RESUMABLE_REDIS_URL", "")
+    assert parse().redis_url is None
+
+
+# --------------------------------------------------------------------------
+# Bad values: a usage error, never a traceback
+# --------------------------------------------------------------------------
+
+
+def assert_usage_error(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "error:" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("RESUMABLE_PORT", "abc"),
+        ("RESUMABLE_WORKERS", "two"),
+        ("RESUMABLE_LOCK_TTL", "soon"),
+        ("RESUMABLE_TRUST_PROXY", "maybe"),
+        ("RESUMABLE_CHUNK_SIZE", "100"),
+        ("RESUMABLE_LOCK_TTL", "0.1"),
+    ],
+)
+def test_bad_environment_value_is_a_clean_error(name: str, value: str, tmp_path: Path) -> None:
+    env = clean_environment(RESUMABLE_PORT=str(free_port()), RESUMABLE_DATA_DIR=str(tmp_path))
+    env[name] = value
+    assert_usage_error(run_cli("serve", env=env))
+
+
+@pytest.mark.parametrize("argv", [["--port", "abc"], ["--max-size", "1.5"], ["--lock-ttl", "x"]])
+def test_bad_flag_value_is_a_clean_error(argv: list[str]) -> None:
+    assert_usage_error(run_cli("serve", *argv))
+
+
+@pytest.mark.xfail(strict=True, reason="the message does not say which variable is wrong")
+def test_bad_environment_value_names_the_variable() -> None:
+    result = run_cli("serve", env=clean_environment(RESUMABLE_PORT="abc"))
+    assert_usage_error(result)
+    assert re.search(r"RESUMABLE_PORT|\bport\b", result.stderr.splitlines()[-1]), result.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="ports outside 0-65535 reach gunicorn: traceback, exit 1")
+def test_port_out_of_range_is_a_clean_error(tmp_path: Path) -> None:
+    env = clean_environment(RESUMABLE_PORT="99999", RESUMABLE_DATA_DIR=str(tmp_path))
+    assert_usage_error(run_cli("serve", env=env))
+
+
+# --------------------------------------------------------------------------
+# README
+# --------------------------------------------------------------------------
+
+
+def readme_section(title: str) -> str:
+    text = README.read_text()
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+    assert match, f"README.md has no '## {title}' section"
+    return match.group(1)
+
+
+def code_lines(markdown: str) -> list[str]:
+    """Non-blank, non-comment lines of the fenced code blocks."""
+    lines: list[str] = []
+    for block in re.findall(r"^```[\w-]*\n(.*?)^```", markdown, re.M | re.S):
+        lines += [ln.strip() for ln in block.splitlines() if ln.strip() and ln[:1] != "#"]
+    return lines
+
+
+def test_quick_start_is_two_executable_commands() -> None:
+    commands = code_lines(readme_section("Quick start"))
+    assert commands == ["scripts/serve", "scripts/test"], commands
+    for command in commands:
+        path = ROOT / command
+        assert path.is_file(), command
+        assert os.access(path, os.X_OK), f"{command} is not executable"
+
+
+def test_ci_runs_the_quick_start_test_command() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "scripts/test" in ci
+    assert os.access(ROOT / ".ci" / "run", os.X_OK)
+
+
+def format_default(f: dataclasses.Field) -> str:
+    """A default as the README's configuration table shows it."""
+    value = f.default
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "`true`" if value else "`false`"
+    if isinstance(value, float):
+        return f"`{value:g}`"
+    return f"`{value}`"
+
+
+def test_readme_documents_every_setting() -> None:
+    """One table row per setting: | `--flag` … | `RESUMABLE_…` | default | meaning |."""
+    rows = [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in readme_section("Configuration").splitlines()
+        if line.startswith("| `--")
+    ]
+    by_variable = {row[1].strip("`"): row for row in rows}
+    assert len(rows) == len(FIELDS), "the table and Settings have different sizes"
+    for f in FIELDS:
+        row = by_variable.get(variable(f))
+        assert row is not None, f"{variable(f)} is not in the README's configuration table"
+        assert f"`{flag(f)}`" in row[0], (flag(f), row)
+        assert row[2] == format_default(f), (f.name, row[2], format_default(f))
+
+
+def test_readme_lists_the_offered_extensions() -> None:
+    from resumable.views import EXTENSIONS
+
+    section = readme_section("Supported extensions")
+    offered = set(re.findall(r"^[-*] `([a-z-]+)`", section, re.M))
+    assert offered == set(EXTENSIONS), (sorted(offered), EXTENSIONS)
