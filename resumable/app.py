@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 from .body import abandon_unread_body
 from .concat import Concatenator
 from .cors import apply_cors
+from .demo import demo_blueprint
 from .middleware import MethodOverride, TrustedProxy
 from .protocol import (
     TUS_VERSION,
@@ -49,6 +50,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         concatenator=Concatenator(registry, store),
     )
     app.register_blueprint(blueprint, url_prefix=settings.base_path.rstrip("/"))
+    if settings.demo:
+        app.register_blueprint(demo_blueprint)
 
     @app.after_request
     def tus_headers(response: Response) -> Response:

@@ -317,7 +317,6 @@ def open_body(environ: dict, on_idle: Callable[[], None], poll_interval: float) 
     return StreamBody(stream, declared)
 
 
-
 def abandon_unread_body(environ: dict) -> None:
     """After an early error answer: do not let gunicorn read a large body to its end."""
     stream = environ.get("wsgi.input")

@@ -43,6 +43,18 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
             )
 
 
+def check_data_dir(path: str) -> None:
+    """Fail at the command line, not in every worker, when data cannot be stored."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.unlink(probe)
+    except OSError as error:
+        raise ValueError(f"data_dir {path!r} is not writable: {error.strerror}") from None
+
+
 def settings_environment(settings: Settings) -> dict[str, str]:
     """The settings as RESUMABLE_* variables, to hand to a child process."""
     environment = {}
@@ -201,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         settings = settings_from_args(args)
+        check_data_dir(settings.data_dir)
     except ValueError as error:
         parser.error(str(error))
     if args.command == "serve":

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from .protocol import BadRequest, Locked, NotFound, is_valid_upload_id
+from .protocol import BadRequest, Locked, NotFound, PayloadTooLarge, is_valid_upload_id
 from .records import UploadRecord
 from .registry import Registry
 from .storage import FileStore
@@ -96,6 +96,34 @@ class Concatenator:
             return final
         finally:
             lease.release()
+
+    def check_final_sizes(self, part_id: str, length: int, max_size: int) -> None:
+        """Refuse a partial's late length that would make a waiting final too large."""
+        for final_id in self.registry.waiting_finals(part_id):
+            final = self.registry.get(final_id)
+            if final is None or final.is_complete:
+                continue
+            total = 0
+            for listed in final.parts:
+                if listed == part_id:
+                    total += length
+                else:
+                    part = self.registry.get(listed)
+                    total += (part.length or 0) if part is not None else 0
+            if total > max_size:
+                raise PayloadTooLarge(
+                    f"this length would make final upload {final_id} exceed {max_size} bytes"
+                )
+
+    def is_orphaned(self, final: UploadRecord, now: float) -> bool:
+        """A waiting final that can never complete: a partial is gone or expired."""
+        if final.is_complete:
+            return False
+        for part_id in set(final.parts):
+            part = self.registry.get(part_id)
+            if part is None or part.is_expired(now):
+                return True
+        return False
 
     def complete_waiting(self, part_id: str) -> None:
         """After ``part_id`` completed: complete every final that waited for it."""

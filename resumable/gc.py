@@ -1,4 +1,4 @@
-"""Garbage collection: expired uploads, and leftovers of crashes.
+"""Garbage collection: expired uploads, finals whose partials are gone, crash leftovers.
 
 Safe to run while servers serve and on several hosts at once: an upload is
 deleted only under its own lock, after its expiry is checked again under that
@@ -17,7 +17,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .concat import Concatenator
 from .protocol import is_valid_upload_id
+from .records import UploadRecord
 from .registry import Registry
 from .storage import FileStore
 
@@ -44,17 +46,25 @@ def collect(
 ) -> Report:
     now = time.time() if now is None else now
     report = Report()
+    concatenator = Concatenator(registry, store)
+
+    def doomed(record: UploadRecord | None) -> bool:
+        if record is None:
+            return False
+        if record.is_final:
+            return concatenator.is_orphaned(record, now)
+        return record.is_expired(now)
+
     for upload_id in list(store.upload_ids()):
         record = registry.get(upload_id)
-        if record is None or not record.is_expired(now):
+        if not doomed(record):
             continue
         lease = registry.try_acquire(upload_id)
         if lease is None:
             report.locked += 1
             continue
         try:
-            record = registry.get(upload_id)
-            if record is not None and record.is_expired(now):
+            if doomed(registry.get(upload_id)):
                 registry.delete(lease)
                 report.expired += 1
                 log.info("deleted expired upload %s", upload_id)

@@ -99,6 +99,12 @@ class MethodNotAllowed(TusError):
     status = 405
 
 
+class RequestTimeout(TusError):
+    """The body stalled longer than the read timeout; what arrived is kept."""
+
+    status = 408
+
+
 class OffsetConflict(TusError):
     """Upload-Offset differs from the recorded offset, or the upload is not
     in a state that accepts the request."""

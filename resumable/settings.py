@@ -16,6 +16,9 @@ from typing import Any
 
 ENV_PREFIX = "RESUMABLE_"
 MiB = 1024 * 1024
+WORKER_CLASSES = ("gthread", "sync", "gevent", "eventlet")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def _setting(default: Any, help: str, **extra: Any) -> Any:
@@ -68,15 +71,45 @@ class Settings:
         False, "build Location URLs from X-Forwarded-* / Forwarded headers set by a proxy"
     )
     cors_origins: str = _setting("*", "origins allowed by CORS, comma separated, or *")
+    demo: bool = _setting(False, "serve a demo upload page with a live status table at /")
     log_level: str = _setting("info", "gunicorn log level")
 
     def __post_init__(self) -> None:
         base = "/" + self.base_path.strip("/") + "/"
         object.__setattr__(self, "base_path", base.replace("//", "/"))
-        if self.chunk_size < 4096:
-            raise ValueError("chunk_size must be at least 4096")
-        if self.heartbeat <= 0 or self.lock_ttl <= self.heartbeat * 2:
-            raise ValueError("lock_ttl must be more than twice the heartbeat")
+        problems = [message for check, message in self._rules() if not check]
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def _rules(self) -> list[tuple[bool, str]]:
+        """Every constraint between and on settings, checked before anything starts."""
+        return [
+            (1 <= self.port <= 65535, "port must be between 1 and 65535"),
+            (self.workers >= 1, "workers must be at least 1"),
+            (self.threads >= 1, "threads must be at least 1"),
+            (
+                self.worker_class in WORKER_CLASSES or "." in self.worker_class,
+                f"worker_class must be one of {', '.join(WORKER_CLASSES)} or a dotted path",
+            ),
+            (self.max_size >= 0, "max_size must be 0 (no limit) or more"),
+            (self.chunk_size >= 4096, "chunk_size must be at least 4096"),
+            (self.heartbeat > 0, "heartbeat must be positive"),
+            (self.lock_ttl > self.heartbeat * 2, "lock_ttl must be more than twice the heartbeat"),
+            (self.lock_wait >= 0, "lock_wait must not be negative"),
+            (self.read_timeout > 0, "read_timeout must be positive"),
+            (self.commit_bytes > 0, "commit_bytes must be positive"),
+            (self.commit_seconds > 0, "commit_seconds must be positive"),
+            (self.expiry >= 0 and self.gc_interval >= 0, "expiry and gc_interval must be >= 0"),
+            (self.max_concat_parts >= 1, "max_concat_parts must be at least 1"),
+            (
+                self.redis_url is None or self.redis_url.startswith(REDIS_SCHEMES),
+                "redis_url must start with " + " or ".join(REDIS_SCHEMES),
+            ),
+            (
+                self.log_level.lower() in LOG_LEVELS,
+                f"log_level must be one of {', '.join(LOG_LEVELS)}",
+            ),
+        ]
 
     @property
     def allowed_origins(self) -> tuple[str, ...]:
@@ -91,14 +124,15 @@ class Settings:
     ) -> Settings:
         """Defaults, then ``RESUMABLE_*`` variables, then explicit overrides."""
         environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
+        values = {name: value for name, value in (overrides or {}).items() if value is not None}
         for f in fields(cls):
-            raw = environ.get(ENV_PREFIX + f.name.upper())
-            if raw is not None:
-                values[f.name] = convert(f, raw)
-        for name, value in (overrides or {}).items():
-            if value is not None:
-                values[name] = value
+            variable = ENV_PREFIX + f.name.upper()
+            raw = environ.get(variable)
+            if raw is not None and f.name not in values:
+                try:
+                    values[f.name] = convert(f, raw)
+                except ValueError:
+                    raise ValueError(f"{variable}={raw!r} is not a valid {f.name}") from None
         return cls(**values)
 
 
@@ -113,9 +147,9 @@ def convert(f: dataclasses.Field, raw: str) -> Any:
             return False
         raise ValueError(f"{f.name}: expected true or false, got {raw!r}")
     if kind is int:
-        return int(raw)
+        return int(raw.strip())
     if kind is float:
-        return float(raw)
+        return float(raw.strip())
     if raw == "" and f.default is None:
         return None
     return raw

@@ -43,16 +43,12 @@ from .protocol import (
     InsufficientStorage,
     Locked,
     PayloadTooLarge,
-    TusError,
+    RequestTimeout,
 )
 from .records import UploadRecord
 from .registry import Lease, LeaseLost, Mailbox, Registry
 from .settings import Settings
 from .storage import FileStore
-
-
-class ReadTimedOut(TusError):
-    status = 408
 
 
 class _HandOver(Exception):
@@ -148,7 +144,9 @@ class _Run:
             if overflow:
                 drain = True
                 self._keep_or_discard()
-                raise PayloadTooLarge("body is longer than the upload's remaining length")
+                raise PayloadTooLarge(
+                    "body is longer than the upload's remaining length", self._offset_header()
+                )
             if self.checksum is not None and not self.checksum.matches():
                 self._discard()
                 raise ChecksumMismatch("Upload-Checksum does not match the body")
@@ -162,8 +160,9 @@ class _Run:
         except MalformedBody as error:
             self._keep_or_discard()
             raise BadRequest(str(error)) from None
-        except ReadTimedOut:
+        except RequestTimeout as error:
             self._keep_or_discard()
+            error.headers.update(self._offset_header())
             raise
         except _HandOver:
             self._keep_or_discard()
@@ -227,7 +226,7 @@ class _Run:
         now = time.monotonic()
         self._heartbeat(now)
         if now - self.last_data >= self.settings.read_timeout:
-            raise ReadTimedOut(
+            raise RequestTimeout(
                 f"no body bytes for {self.settings.read_timeout:g} s; kept what arrived"
             )
 
@@ -293,6 +292,9 @@ class _Run:
         if not checksum.matches():
             self._discard()
             raise ChecksumMismatch("Upload-Checksum trailer does not match the body")
+
+    def _offset_header(self) -> dict[str, str]:
+        return {"Upload-Offset": str(self.record.offset)}
 
     def _keep_or_discard(self) -> None:
         if self.staged:

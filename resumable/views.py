@@ -184,7 +184,9 @@ def _create_final(concat: str) -> Response:
         parts=part_ids,
         created=time.time(),
     )
-    record.expires = _expiry(record, final=True)
+    # A waiting final has no expiry of its own: it lives as long as its
+    # partials, which slide theirs with every PATCH (gc removes a final
+    # whose partials are gone).
     svc.registry.create(record)
     svc.registry.add_waiting(record.id, part_ids)
     record = svc.concatenator.complete(record.id, wait=settings.lock_wait) or record
@@ -201,9 +203,9 @@ def _metadata_header() -> str | None:
     return raw if raw and raw.strip() else None
 
 
-def _expiry(record: UploadRecord, final: bool = False) -> float | None:
+def _expiry(record: UploadRecord) -> float | None:
     expiry = services().settings.expiry
-    if expiry <= 0 or (record.is_complete and not final):
+    if expiry <= 0 or record.is_complete:
         return None
     return time.time() + expiry
 
@@ -319,6 +321,8 @@ def _declare_length(lease: Lease, record: UploadRecord, length: int) -> None:
         raise BadRequest("Upload-Length is smaller than the bytes already uploaded")
     if settings.max_size and length > settings.max_size:
         raise PayloadTooLarge(f"Upload-Length exceeds the maximum of {settings.max_size} bytes")
+    if record.is_partial and settings.max_size:
+        services().concatenator.check_final_sizes(record.id, length, settings.max_size)
     record.length = length
     services().registry.save(lease, record)
 

@@ -220,7 +220,12 @@ class RedisRegistry(Registry):
 
     def create(self, record: UploadRecord) -> None:
         self.store.create(record)
-        self.redis.hset(self.key("upload", record.id), mapping=_hash_fields(record))
+        try:
+            self.redis.hset(self.key("upload", record.id), mapping=_hash_fields(record))
+        except redis.RedisError:
+            # Nobody was told about this upload: leave nothing behind.
+            self.store.delete(record.id)
+            raise
 
     def get(self, upload_id: str) -> UploadRecord | None:
         fields = self.redis.hgetall(self.key("upload", upload_id))
