@@ -12,6 +12,7 @@ from .body import abandon_unread_body
 from .concat import Concatenator
 from .cors import apply_cors
 from .demo import demo_blueprint
+from .hooks import load_authorizer
 from .middleware import MethodOverride, TrustedProxy
 from .protocol import (
     TUS_VERSION,
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         registry=registry,
         appender=Appender(settings, registry, store, BufferPool(settings.chunk_size)),
         concatenator=Concatenator(registry, store),
+        authorizer=load_authorizer(settings.auth_hook),
     )
     app.register_blueprint(blueprint, url_prefix=settings.base_path.rstrip("/"))
     if settings.demo:

@@ -20,6 +20,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from . import __version__
+from .hooks import load_authorizer
 from .settings import ENV_PREFIX, Settings, field_type
 
 
@@ -214,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from_args(args)
         check_data_dir(settings.data_dir)
+        load_authorizer(settings.auth_hook)
     except ValueError as error:
         parser.error(str(error))
     if args.command == "serve":

@@ -67,10 +67,16 @@ class Settings:
         600.0, "seconds between garbage collections run by `serve`; 0 leaves it to `resumable gc`"
     )
     max_concat_parts: int = _setting(1000, "most partial uploads one final concatenation may join")
+    max_metadata_size: int = _setting(
+        16 * 1024, "longest Upload-Metadata header in bytes (431 beyond)"
+    )
     trust_proxy: bool = _setting(
         False, "build Location URLs from X-Forwarded-* / Forwarded headers set by a proxy"
     )
     cors_origins: str = _setting("*", "origins allowed by CORS, comma separated, or *")
+    auth_hook: str | None = _setting(
+        None, "access-control hook 'package.module:function' asked before every request"
+    )
     demo: bool = _setting(False, "serve a demo upload page with a live status table at /")
     log_level: str = _setting("info", "gunicorn log level")
 
@@ -101,6 +107,7 @@ class Settings:
             (self.commit_seconds > 0, "commit_seconds must be positive"),
             (self.expiry >= 0 and self.gc_interval >= 0, "expiry and gc_interval must be >= 0"),
             (self.max_concat_parts >= 1, "max_concat_parts must be at least 1"),
+            (self.max_metadata_size >= 1, "max_metadata_size must be at least 1"),
             (
                 self.redis_url is None or self.redis_url.startswith(REDIS_SCHEMES),
                 "redis_url must start with " + " or ".join(REDIS_SCHEMES),

@@ -17,11 +17,13 @@ from flask import Blueprint, Response, current_app, request
 from .checksum import ALGORITHMS, Checksum, parse_checksum
 from .concat import Concatenator, final_length, parse_final
 from .download import download_response
+from .hooks import Authorizer
 from .protocol import (
     TUS_VERSION,
     BadRequest,
     Forbidden,
     Gone,
+    HeaderTooLarge,
     NotFound,
     OffsetConflict,
     PayloadTooLarge,
@@ -72,6 +74,7 @@ class Services:
     registry: Registry
     appender: Appender
     concatenator: Concatenator
+    authorizer: Authorizer | None = None
 
 
 def services() -> Services:
@@ -117,6 +120,7 @@ def options(_upload_id: str | None = None) -> Response:
 def create() -> Response:
     svc = services()
     settings = svc.settings
+    _authorize("create", None)
     concat = request.headers.get("Upload-Concat")
     if concat is not None and concat.strip().startswith("final"):
         return _create_final(concat.strip())
@@ -171,6 +175,8 @@ def _create_final(concat: str) -> Response:
         raise Forbidden("a final upload cannot carry data")
     raw_metadata = _metadata_header()
     part_ids = parse_final(concat, settings.base_path, settings.max_concat_parts)
+    for part_id in dict.fromkeys(part_ids):
+        _authorize("read", part_id)
     parts = svc.concatenator.load_parts(part_ids)
     length = final_length(parts)
     if length is not None and settings.max_size and length > settings.max_size:
@@ -189,16 +195,16 @@ def _create_final(concat: str) -> Response:
     # whose partials are gone).
     svc.registry.create(record)
     svc.registry.add_waiting(record.id, part_ids)
-    record = svc.concatenator.complete(record.id, wait=settings.lock_wait) or record
-    headers = {"Location": upload_url(record.id)}
-    if record.expires is not None and not record.is_complete:
-        headers["Upload-Expires"] = format_http_date(record.expires)
-    return _empty(201, headers=headers)
+    svc.concatenator.complete(record.id, wait=settings.lock_wait)
+    return _empty(201, headers={"Location": upload_url(record.id)})
 
 
 def _metadata_header() -> str | None:
     """The raw Upload-Metadata, validated; None when absent or blank."""
     raw = request.headers.get("Upload-Metadata")
+    limit = services().settings.max_metadata_size
+    if raw is not None and len(raw) > limit:
+        raise HeaderTooLarge(f"Upload-Metadata is longer than {limit} bytes")
     parse_metadata(raw)
     return raw if raw and raw.strip() else None
 
@@ -236,6 +242,8 @@ def _creation_length(settings: Settings) -> int | None:
 @blueprint.route("/<upload_id>", methods=["GET", "HEAD"])
 def read(upload_id: str) -> Response:
     """HEAD reports progress; GET downloads (one rule: Werkzeug pairs them)."""
+    _require_known_id(upload_id)
+    _authorize("read", upload_id)
     if request.method == "HEAD":
         return head(upload_id)
     return download(upload_id)
@@ -243,7 +251,6 @@ def read(upload_id: str) -> Response:
 
 def head(upload_id: str) -> Response:
     svc = services()
-    _require_known_id(upload_id)
     svc.registry.settle(upload_id)
     record = _load(upload_id)
     if record.is_final and not record.is_complete:
@@ -292,6 +299,7 @@ def patch(upload_id: str) -> Response:
     )
     checksum, trailer = _checksum_headers()
     _require_known_id(upload_id)
+    _authorize("append", upload_id)
     _load(upload_id)
 
     with _locked(upload_id) as (lease, record):
@@ -376,6 +384,7 @@ def _after_append_headers(record: UploadRecord) -> dict[str, str]:
 @blueprint.route("/<upload_id>", methods=["DELETE"])
 def delete(upload_id: str) -> Response:
     _require_known_id(upload_id)
+    _authorize("delete", upload_id)
     _load(upload_id)
     with _locked(upload_id) as (lease, _record):
         services().registry.delete(lease)
@@ -389,7 +398,6 @@ def delete(upload_id: str) -> Response:
 
 def download(upload_id: str) -> Response:
     svc = services()
-    _require_known_id(upload_id)
     record = _load(upload_id)
     if record.is_final and not record.is_complete:
         record = svc.concatenator.complete(upload_id) or record
@@ -402,6 +410,13 @@ def download(upload_id: str) -> Response:
 # --------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------
+
+
+def _authorize(action: str, upload_id: str | None) -> None:
+    """Ask the configured access-control hook, before anything is changed or shown."""
+    authorizer = services().authorizer
+    if authorizer is not None and authorizer(action, upload_id, request) is False:
+        raise Forbidden(f"not allowed to {action} this upload")
 
 
 def _require_known_id(upload_id: str) -> None:
