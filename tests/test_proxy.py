@@ -1,0 +1,560 @@
+"""nginx in front of two replicas: the shipped deploy/nginx.conf, run for real.
+
+A fixture starts Debian's nginx with deploy/nginx.conf itself (included from a
+generated main config that only puts pid, logs and temp files under the test's
+directory, and with two small include files of its own: the upstream servers
+and the listen port, the parts that differ from docker-compose). Behind it run
+two ``resumable serve`` instances (two gthread workers each, --trust-proxy)
+sharing one redis-server and one data directory, as the compose replicas do.
+
+nginx adds ``X-Upstream`` (the replica that answered) to every answer; the
+tests use it to show that one upload's requests land on both replicas.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from .support import (
+    TUS,
+    RedisServer,
+    Server,
+    TusClient,
+    free_port,
+    iter_chunks,
+    pattern_bytes,
+    wait_until,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_CONFIG = ROOT / "deploy" / "nginx.conf"
+MiB = 1 << 20
+ORIGIN = "https://app.example"
+RETRIED = (423, 502, 503, 504)  # what tus-js-client retries after a HEAD (with 409)
+UPLOAD_URL = re.compile(r"(?P<base>.+/files/)(?P<id>[0-9a-f]{32})")
+
+# Every replica: what compose sets (trust the proxy), plus short lock times so
+# a lock left by a SIGKILLed replica expires within the test's retries.
+REPLICA_SETTINGS: dict[str, object] = {
+    "trust_proxy": True,
+    "cors_origins": ORIGIN,
+    "lock_ttl": 2.0,
+    "lock_wait": 1.0,
+    "commit_bytes": MiB,
+    "gc_interval": 0,
+}
+
+
+def nginx_executable() -> str | None:
+    found = shutil.which("nginx")
+    if found:
+        return found
+    return "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
+
+
+NGINX_MISSING = (
+    "nginx is not installed: the proxy tests run Debian's nginx in front of the server "
+    "(apt-get install nginx; scripts/test installs it)"
+)
+
+
+# --------------------------------------------------------------------------
+# nginx with the shipped config
+# --------------------------------------------------------------------------
+
+
+class Nginx:
+    """``nginx -g 'daemon off;'`` with deploy/nginx.conf, everything else under ``workdir``."""
+
+    def __init__(self, executable: str, workdir: Path, upstreams: list[str]):
+        self.executable = executable
+        self.workdir = workdir
+        self.upstreams = upstreams
+        self.port = free_port()
+        self.conf_dir = workdir / "conf"
+        self.main_config = self.conf_dir / "nginx.conf"
+        self.error_log = workdir / "error.log"
+        self.client_body_temp = workdir / "client_body_temp"
+        self.proxy_temp = workdir / "proxy_temp"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def endpoint(self) -> str:
+        return self.url + "/files/"
+
+    def write_config(self) -> None:
+        """The generated main config includes the shipped file, not a copy of it.
+
+        Relative ``include`` paths in the shipped file resolve against the main
+        config's directory, where the two test-specific include files go (in
+        the nginx image that directory is /etc/nginx, where compose mounts them).
+        """
+        self.conf_dir.mkdir(parents=True, exist_ok=True)
+        servers = "".join(f"server {address};\n" for address in self.upstreams)
+        (self.conf_dir / "resumable-upstream.conf").write_text(servers)
+        (self.conf_dir / "resumable-listen.conf").write_text(f"listen 127.0.0.1:{self.port};\n")
+        work = self.workdir
+        # As root nginx would run its workers as "nobody", who cannot enter
+        # pytest's private temporary directory.
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        self.main_config.write_text(
+            f"{user}"
+            "worker_processes 2;\n"
+            f"pid {work / 'nginx.pid'};\n"
+            f"error_log {self.error_log} info;\n"
+            "events { worker_connections 1024; }\n"
+            "http {\n"
+            f"    access_log {work / 'access.log'};\n"
+            f"    client_body_temp_path {self.client_body_temp};\n"
+            f"    proxy_temp_path {self.proxy_temp};\n"
+            f"    fastcgi_temp_path {work / 'fastcgi_temp'};\n"
+            f"    uwsgi_temp_path {work / 'uwsgi_temp'};\n"
+            f"    scgi_temp_path {work / 'scgi_temp'};\n"
+            f"    include {SHIPPED_CONFIG};\n"
+            "}\n"
+        )
+
+    def start(self) -> Nginx:
+        self.write_config()
+        command = [
+            self.executable,
+            "-g",
+            "daemon off;",
+            "-c",
+            str(self.main_config),
+            "-p",
+            str(self.workdir) + "/",
+            "-e",
+            str(self.error_log),
+        ]
+        output = open(self.workdir / "nginx.out", "ab")
+        self.process = subprocess.Popen(
+            command, stdout=output, stderr=output, start_new_session=True
+        )
+        output.close()
+        if not wait_until(self.ready, 10, 0.05):
+            self.stop()
+            raise RuntimeError(f"nginx did not start:\n{self.log()}")
+        return self
+
+    def ready(self) -> bool:
+        if self.process and self.process.poll() is not None:
+            return False
+        try:
+            return requests.options(self.endpoint, headers=TUS, timeout=1).status_code == 204
+        except requests.RequestException:
+            return False
+
+    def log(self) -> str:
+        texts = []
+        for name in ("nginx.out", "error.log"):
+            with contextlib.suppress(OSError):
+                texts.append((self.workdir / name).read_text(errors="replace"))
+        return "\n".join(texts)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+
+
+@dataclass
+class Cluster:
+    nginx: Nginx
+    replicas: list[Server]
+    data_dir: Path
+
+    @property
+    def endpoint(self) -> str:
+        return self.nginx.endpoint
+
+    def address(self, replica: Server) -> str:
+        """How nginx names a replica in ``$upstream_addr``."""
+        return f"127.0.0.1:{replica.port}"
+
+    @property
+    def addresses(self) -> set[str]:
+        return {self.address(replica) for replica in self.replicas}
+
+    def data_file(self, url: str) -> Path:
+        return self.data_dir / "uploads" / upload_id(url)
+
+
+def upload_id(url: str) -> str:
+    match = UPLOAD_URL.fullmatch(url)
+    assert match, f"not an upload URL: {url!r}"
+    return match.group("id")
+
+
+@pytest.fixture(scope="module")
+def nginx_path() -> str:
+    executable = nginx_executable()
+    if executable is None:
+        pytest.fail(NGINX_MISSING, pytrace=False)
+    return executable
+
+
+@pytest.fixture(scope="module")
+def make_cluster(
+    nginx_path: str, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[], Cluster]]:
+    """Factory: nginx in front of two replicas that share Redis and one data directory."""
+    started: list[Server | Nginx] = []
+
+    def make() -> Cluster:
+        workdir = tmp_path_factory.mktemp("proxy")
+        data_dir = workdir / "data"
+        # The same prefix for both (Server's own default is one per port):
+        # the replicas of one deployment share their Redis keys.
+        settings = {**REPLICA_SETTINGS, "redis_prefix": f"proxy-{workdir.name}:"}
+        replicas = []
+        for _ in range(2):
+            replica = Server(data_dir, redis_url=redis_server.url, workers=2, **settings)
+            started.append(replica.start())
+            replicas.append(replica)
+        upstreams = [f"127.0.0.1:{replica.port}" for replica in replicas]
+        nginx = Nginx(nginx_path, workdir / "nginx", upstreams)
+        nginx.workdir.mkdir()
+        started.append(nginx.start())
+        return Cluster(nginx, replicas, data_dir)
+
+    yield make
+    for process in reversed(started):
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(make_cluster: Callable[[], Cluster]) -> Cluster:
+    return make_cluster()
+
+
+@pytest.fixture
+def tus(cluster: Cluster) -> TusClient:
+    return TusClient(cluster.endpoint)
+
+
+def only(response: requests.Response, name: str) -> str:
+    """The value of a header the answer carries exactly once (not merged, not duplicated)."""
+    values = response.raw.headers.getlist(name)
+    assert len(values) == 1, f"{name}: {values!r} in {dict(response.headers)!r}"
+    return values[0]
+
+
+def temp_files(directory: Path) -> list[Path]:
+    return [path for path in directory.rglob("*") if path.is_file()]
+
+
+# --------------------------------------------------------------------------
+# Tests
+# --------------------------------------------------------------------------
+
+
+def test_nginx_is_installed() -> None:
+    assert nginx_executable() is not None, NGINX_MISSING
+
+
+def test_patches_of_one_upload_land_on_both_replicas(cluster: Cluster, tus: TusClient) -> None:
+    data = pattern_bytes(6 * MiB, seed=1)
+    url = tus.new_upload(len(data))
+    offset = 0
+    answered_by = []
+    for chunk in iter_chunks(data, MiB):
+        response = tus.patch(url, offset, chunk)
+        assert response.status_code == 204, (response.status_code, response.text)
+        offset = int(response.headers["Upload-Offset"])
+        answered_by.append(only(response, "X-Upstream"))
+    assert offset == len(data)
+    # Round-robin, request by request, whatever the keep-alive connections.
+    assert set(answered_by) == cluster.addresses, answered_by
+    assert tus.offset(url) == len(data)
+
+    download = tus.get(url)
+    assert download.status_code == 200
+    assert download.content == data
+    assert cluster.data_file(url).read_bytes() == data
+
+
+def holder_of(cluster: Cluster, path: Path) -> Server | None:
+    """The replica one of whose workers has ``path`` open (the one writing it)."""
+    target = str(path)
+    for replica in cluster.replicas:
+        for pid in replica.worker_pids():
+            with contextlib.suppress(OSError):
+                for name in os.listdir(f"/proc/{pid}/fd"):
+                    with contextlib.suppress(OSError):
+                        if os.readlink(f"/proc/{pid}/fd/{name}") == target:
+                            return replica
+    return None
+
+
+def sidecar_offset(path: Path) -> int:
+    """The offset in the upload's durable sidecar record (written at every commit)."""
+    try:
+        return json.loads(path.with_suffix(".json").read_text())["offset"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def resume(client: TusClient, url: str, data: bytes, delays: list[float]) -> list[tuple]:
+    """What tus-js-client does after an error: HEAD for the offset, PATCH the rest.
+
+    Retries connection errors and 423/502/503/504 after each of ``delays``;
+    returns every attempt as (method, status, replica).
+    """
+    attempts: list[tuple] = []
+    for delay in delays:
+        time.sleep(delay)
+        try:
+            head = client.head(url)
+        except requests.ConnectionError as error:
+            attempts.append(("HEAD", repr(error), None))
+            continue
+        attempts.append(("HEAD", head.status_code, head.headers.get("X-Upstream")))
+        if head.status_code in RETRIED:
+            continue
+        assert head.status_code == 200, (head.status_code, head.text, attempts)
+        offset = int(head.headers["Upload-Offset"])
+        if offset == len(data):
+            return attempts
+        try:
+            patch = client.patch(url, offset, data[offset:])
+        except requests.ConnectionError as error:
+            attempts.append(("PATCH", repr(error), None))
+            continue
+        attempts.append(("PATCH", patch.status_code, patch.headers.get("X-Upstream")))
+        if patch.status_code in RETRIED or patch.status_code == 409:
+            continue
+        assert patch.status_code == 204, (patch.status_code, patch.text, attempts)
+        assert int(patch.headers["Upload-Offset"]) == len(data)
+        return attempts
+    raise AssertionError(f"the upload did not resume: {attempts}")
+
+
+def test_replica_killed_mid_patch_and_the_client_resumes_through_the_proxy(
+    make_cluster: Callable[[], Cluster],
+) -> None:
+    cluster = make_cluster()  # its own: one replica will be dead afterwards
+    tus = TusClient(cluster.endpoint)
+    data = pattern_bytes(24 * MiB, seed=2)
+    url = tus.new_upload(len(data))
+    path = cluster.data_file(url)
+    sent_before_kill = 6 * MiB
+    killed = threading.Event()
+    outcome: dict[str, object] = {}
+
+    def body() -> Iterator[bytes]:
+        yield from iter_chunks(data[:sent_before_kill], 256 * 1024)
+        killed.wait(20)
+        yield from iter_chunks(data[sent_before_kill : sent_before_kill + 2 * MiB], 256 * 1024)
+
+    def interrupted_patch() -> None:
+        try:
+            outcome["response"] = tus.patch(url, 0, body())
+        except requests.RequestException as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=interrupted_patch)
+    thread.start()
+    try:
+        found: list[Server] = []
+
+        def committed_while_writing() -> bool:
+            holder = holder_of(cluster, path)
+            if holder is not None and sidecar_offset(path) >= 4 * MiB:
+                found.append(holder)
+                return True
+            return False
+
+        # Killed after a periodic commit (--commit-bytes 1 MiB, every heartbeat):
+        # those bytes must survive the kill.
+        assert wait_until(committed_while_writing, 15), "no replica committed 4 MiB"
+        victim = found[0]
+        assert victim.process is not None
+        os.killpg(victim.process.pid, signal.SIGKILL)
+        victim.process.wait(10)
+    finally:
+        killed.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    if "response" in outcome:
+        response = outcome["response"]
+        assert isinstance(response, requests.Response)
+        assert response.status_code == 502, (response.status_code, response.text)
+        assert only(response, "X-Upstream") == cluster.address(victim)
+    else:
+        assert isinstance(outcome.get("error"), requests.ConnectionError), outcome
+
+    survivor = next(replica for replica in cluster.replicas if replica is not victim)
+    kept = TusClient(cluster.endpoint).head(url)
+    assert kept.status_code in (200, 423), kept.status_code
+    if kept.status_code == 200:
+        assert 4 * MiB <= int(kept.headers["Upload-Offset"]) <= sent_before_kill
+    attempts = resume(TusClient(cluster.endpoint), url, data, [0, 0.25, 0.5, 1, 1, 2, 2, 3])
+    print(f"interrupted PATCH: {outcome}; after SIGKILL of {cluster.address(victim)}: {attempts}")
+    assert attempts[-1][1] in (200, 204)
+    answered = {replica for _method, status, replica in attempts if status in (200, 204)}
+    assert answered == {cluster.address(survivor)}, attempts
+
+    download = tus.get(url)
+    assert download.status_code == 200
+    assert only(download, "X-Upstream") == cluster.address(survivor)
+    assert hashlib.sha256(download.content).digest() == hashlib.sha256(data).digest()
+    assert path.read_bytes() == data
+
+
+def test_location_is_the_proxy_url_and_follows_the_host(cluster: Cluster, tus: TusClient) -> None:
+    created = tus.create(10)
+    assert created.status_code == 201, created.text
+    location = only(created, "Location")
+    assert UPLOAD_URL.fullmatch(location).group("base") == cluster.endpoint
+    assert tus.head(location).status_code == 200  # and it works through the proxy
+
+    for host, base in (
+        ("uploads.example", "http://uploads.example/files/"),
+        ("uploads.example:8443", "http://uploads.example:8443/files/"),
+    ):
+        created = tus.create(10, headers={"Host": host})
+        assert created.status_code == 201, created.text
+        assert UPLOAD_URL.fullmatch(only(created, "Location")).group("base") == base
+
+
+def test_forged_forwarding_headers_do_not_reach_the_server(
+    cluster: Cluster, tus: TusClient
+) -> None:
+    forged = {
+        "Forwarded": "for=203.0.113.9;host=evil.example;proto=https",
+        "X-Forwarded-Host": "evil.example",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Port": "444",
+        "X-Forwarded-Prefix": "/evil",
+        "X-Forwarded-For": "203.0.113.9",
+    }
+    created = tus.create(10, headers=forged)
+    assert created.status_code == 201, created.text
+    assert UPLOAD_URL.fullmatch(only(created, "Location")).group("base") == cluster.endpoint
+
+
+def test_cors_through_the_proxy(cluster: Cluster, tus: TusClient) -> None:
+    preflight = tus.session.options(
+        cluster.endpoint,
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "PATCH",
+            "Access-Control-Request-Headers": "tus-resumable, upload-offset, content-type",
+        },
+        timeout=10,
+    )
+    assert preflight.status_code in (200, 204)
+    assert only(preflight, "Access-Control-Allow-Origin") == ORIGIN
+    assert only(preflight, "Access-Control-Allow-Credentials") == "true"
+    assert "PATCH" in only(preflight, "Access-Control-Allow-Methods")
+    allowed = {
+        h.strip().lower() for h in only(preflight, "Access-Control-Allow-Headers").split(",")
+    }
+    assert {"tus-resumable", "upload-offset", "upload-length", "upload-metadata"} <= allowed
+
+    created = tus.create(3, headers={"Origin": ORIGIN})
+    assert created.status_code == 201
+    assert only(created, "Access-Control-Allow-Origin") == ORIGIN
+    exposed = {h.strip() for h in only(created, "Access-Control-Expose-Headers").split(",")}
+    assert {"Location", "Upload-Offset", "Upload-Length"} <= exposed
+    patched = tus.patch(only(created, "Location"), 0, b"abc", headers={"Origin": ORIGIN})
+    assert patched.status_code == 204
+    assert only(patched, "Access-Control-Allow-Origin") == ORIGIN
+
+    stranger = tus.create(3, headers={"Origin": "https://evil.example"})
+    assert stranger.status_code == 201
+    assert "Access-Control-Allow-Origin" not in stranger.headers
+
+
+def test_64_mib_patch_streams_through_without_spooling(cluster: Cluster, tus: TusClient) -> None:
+    nginx = cluster.nginx
+    assert nginx.client_body_temp.is_dir()  # nginx made it: the temp path is in use
+    data = pattern_bytes(64 * MiB, seed=3)
+    url = tus.new_upload(len(data))
+    spooled: set[Path] = set()
+    outcome: dict[str, requests.Response] = {}
+    thread = threading.Thread(target=lambda: outcome.update(response=tus.patch(url, 0, data)))
+    thread.start()
+    while thread.is_alive():
+        spooled.update(temp_files(nginx.client_body_temp))
+        time.sleep(0.005)
+    thread.join()
+    response = outcome["response"]
+    assert response.status_code == 204, (response.status_code, response.text)
+    assert int(response.headers["Upload-Offset"]) == len(data)
+    assert not spooled, f"nginx spooled the body to {spooled}"
+    assert not temp_files(nginx.client_body_temp)
+    assert "buffered to a temporary file" not in nginx.log()
+
+    # And back: a 64 MiB download is streamed, not buffered to proxy_temp.
+    digest = hashlib.sha256()
+    with tus.get(url, stream=True) as download:
+        assert download.status_code == 200
+        for piece in download.iter_content(MiB):
+            digest.update(piece)
+            assert not temp_files(nginx.proxy_temp)
+    assert digest.digest() == hashlib.sha256(data).digest()
+    assert "buffered to a temporary file" not in nginx.log()
+
+
+def test_chunked_patch_with_expect_continue(tus: TusClient) -> None:
+    """tus-java-client: Transfer-Encoding: chunked, no Content-Length, Expect: 100-continue."""
+    data = pattern_bytes(3 * MiB + 17, seed=4)
+    url = tus.new_upload(len(data))
+    response = tus.patch(url, 0, iter_chunks(data, 2 * MiB), headers={"Expect": "100-continue"})
+    assert response.status_code == 204, (response.status_code, response.text)
+    assert int(response.headers["Upload-Offset"]) == len(data)
+    assert tus.get(url).content == data
+
+
+def test_large_upload_metadata_passes_both_ways(tus: TusClient) -> None:
+    value = base64.b64encode(pattern_bytes(11_000, seed=5)).decode()
+    metadata = f"filename {base64.b64encode(b'big.bin').decode()},blob {value}"
+    assert 14_000 < len(metadata) <= 16 * 1024  # over nginx's defaults, under the server's limit
+    url = tus.new_upload(5, headers={"Upload-Metadata": metadata})
+    head = tus.head(url)
+    assert head.status_code == 200, head.text
+    assert head.headers["Upload-Metadata"] == metadata
+
+
+def test_large_upload_concat_passes_both_ways(tus: TusClient) -> None:
+    parts = []
+    for index in range(200):
+        created = tus.create(1, headers={"Upload-Concat": "partial"}, data=bytes([index]))
+        assert created.status_code == 201, created.text
+        parts.append(created.headers["Location"])
+    concat = "final;" + " ".join(parts)
+    assert len(concat) > 12_000
+    created = tus.create(headers={"Upload-Concat": concat})
+    assert created.status_code == 201, (created.status_code, created.text)
+    final = created.headers["Location"]
+    head = tus.head(final)
+    assert head.status_code == 200, head.text
+    assert head.headers["Upload-Concat"] == concat
+    assert head.headers["Upload-Offset"] == "200"
+    assert tus.get(final).content == bytes(range(200))
