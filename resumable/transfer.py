@@ -30,6 +30,7 @@ back from the file, which the page cache still holds.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import threading
 import time
@@ -56,24 +57,36 @@ class _HandOver(Exception):
 
 
 class BufferPool:
-    """Reused read buffers: a request borrows one, so no slice allocates."""
+    """Reused read buffers: a request borrows one, so no slice allocates.
+
+    Buffers are anonymous memory maps, not bytearrays: a bytearray is zeroed
+    (every page touched) when made, while a map's pages become resident only
+    when a read fills them. Hundreds of slow uploads, each receiving a few
+    KiB per read into its own 1 MiB buffer, then cost what they hold, not
+    1 MiB each. At most ``keep`` idle buffers are kept; others are unmapped.
+    """
 
     def __init__(self, size: int, keep: int = 16):
         self.size = size
         self.keep = keep
-        self.free: list[bytearray] = []
+        self.free: list[mmap.mmap] = []
         self.lock = threading.Lock()
 
-    def take(self) -> bytearray:
+    def take(self) -> mmap.mmap:
         with self.lock:
             if self.free:
                 return self.free.pop()
-        return bytearray(self.size)
+        return mmap.mmap(-1, self.size)
 
-    def give(self, buffer: bytearray) -> None:
+    def give(self, buffer: mmap.mmap) -> None:
         with self.lock:
             if len(self.free) < self.keep:
                 self.free.append(buffer)
+                return
+        try:
+            buffer.close()
+        except BufferError:
+            pass  # a view of it is still alive (a traceback); freed with it
 
 
 @dataclass
@@ -184,6 +197,7 @@ class _Run:
             ) from None
         finally:
             os.close(self.fd)
+            view.release()
             self.pool.give(buffer)
             body.release(drain)
 
