@@ -37,7 +37,10 @@ def upload_id_from_url(url: str, base_path: str) -> str:
     Only the path counts (the client may know us under another host, e.g.
     behind a proxy); it must end in ``<base path><id>``.
     """
-    path = unquote(urlsplit(url).path)
+    try:
+        path = unquote(urlsplit(url).path)
+    except ValueError:  # e.g. unbalanced brackets of an IPv6 host
+        raise NotFound(f"{url!r} is not an upload URL") from None
     if is_valid_upload_id(path):
         return path
     prefix, _, upload_id = path.rpartition("/")

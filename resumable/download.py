@@ -5,13 +5,14 @@ this origin would run its scripts here, so only types a browser cannot
 execute are served inline; everything else is an attachment, and
 ``X-Content-Type-Options: nosniff`` stops the browser from guessing. The
 file name from the metadata is reduced to a harmless form before it goes
-into ``Content-Disposition`` (Werkzeug adds the RFC 6266 ``filename*``).
+into ``Content-Disposition``, with an RFC 6266 ``filename*`` for non-ASCII names.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from urllib.parse import quote
 
 from flask import Response, send_file
 
@@ -62,17 +63,30 @@ def safe_filename(filename: bytes | None, fallback: str) -> str:
     return cleaned[:255] or fallback
 
 
+_ASCII_UNSAFE = re.compile(r"[^A-Za-z0-9 !#$%&'()+,\-.;=@\[\]^_`{}~]")
+
+
+def content_disposition(disposition: str, name: str) -> str:
+    """RFC 6266: an ASCII ``filename`` for old clients, ``filename*`` for the rest.
+
+    The ASCII fallback is cleaned *after* folding to ASCII: compatibility
+    folding turns look-alikes (full-width solidus, quotation mark) back into
+    the very characters the cleaning removed.
+    """
+    folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
+    fallback = _ASCII_UNSAFE.sub("_", folded).strip(" .") or "download"
+    value = f'{disposition}; filename="{fallback}"'
+    if fallback != name:
+        value += "; filename*=UTF-8''" + quote(name, safe="!#$&+^`|~-._")
+    return value
+
+
 def download_response(path: str, record: UploadRecord, metadata: dict[str, bytes]) -> Response:
     mimetype = content_type(metadata.get("filetype"))
-    response = send_file(
-        path,
-        mimetype=mimetype,
-        as_attachment=mimetype not in INLINE_TYPES,
-        download_name=safe_filename(metadata.get("filename"), record.id),
-        conditional=True,
-        etag=True,
-        max_age=0,
-    )
+    response = send_file(path, mimetype=mimetype, conditional=True, etag=True, max_age=0)
+    disposition = "inline" if mimetype in INLINE_TYPES else "attachment"
+    name = safe_filename(metadata.get("filename"), record.id)
+    response.headers["Content-Disposition"] = content_disposition(disposition, name)
     if mimetype == "text/plain":
         response.headers["Content-Type"] = "text/plain; charset=utf-8"
     response.headers["X-Content-Type-Options"] = "nosniff"

@@ -1,0 +1,1 @@
+"""Fault-injection suites (hostile input, process faults) against real servers."""
