@@ -85,7 +85,9 @@ class GunicornServer(BaseApplication):
             "workers": s.workers,
             "worker_class": s.worker_class,
             "threads": s.threads,
-            "worker_connections": max(1000, s.threads * 4),
+            # Past this many open connections a worker stops accepting and
+            # leaves new ones to the others.
+            "worker_connections": s.threads + 64,
             # Uploads last hours: gthread workers heartbeat from their main
             # thread, so this only catches a hung worker, never a long PATCH.
             "timeout": 60,

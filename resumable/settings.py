@@ -33,7 +33,11 @@ class Settings:
     worker_class: str = _setting(
         "gthread", "gunicorn worker class; the default threads hold long uploads without timeouts"
     )
-    threads: int = _setting(256, "threads per worker: the most uploads one worker streams at once")
+    threads: int = _setting(
+        1024,
+        "threads per worker: the most uploads one worker streams at once (the kernel may hand "
+        "one worker most connections, so each can hold them all)",
+    )
     data_dir: str = _setting("data", "directory for upload data and sidecar records")
     redis_url: str | None = _setting(
         None, "Redis URL for offsets and locks shared by many hosts; unset: embedded registry"

@@ -111,7 +111,7 @@ class Appender:
         Raises a TusError after keeping what the table above says.
         """
         run = _Run(self, lease, record, checksum, trailer_checksum)
-        body = open_body(environ, run.on_idle, self.settings.heartbeat)
+        body = open_body(environ, run.on_idle, lease.interval)
         return run.stream(body, limit)
 
 
@@ -142,7 +142,7 @@ class _Run:
         self.last_data = now
         self.last_commit = now
         self.committed = 0
-        self.next_heartbeat = now + self.settings.heartbeat
+        self.next_heartbeat = now + lease.interval
         self.fd = -1
 
     # -- the loop --------------------------------------------------------------
@@ -236,7 +236,7 @@ class _Run:
     # -- timers ------------------------------------------------------------------
 
     def on_idle(self) -> None:
-        """Called by the body reader each heartbeat while no byte arrives."""
+        """Called by the body reader every lease interval while no byte arrives."""
         now = time.monotonic()
         self._heartbeat(now)
         if now - self.last_data >= self.settings.read_timeout:
@@ -245,7 +245,7 @@ class _Run:
             )
 
     def _heartbeat(self, now: float) -> None:
-        self.next_heartbeat = now + self.settings.heartbeat
+        self.next_heartbeat = now + self.lease.interval
         state = self.lease.heartbeat()
         if state is Mailbox.LOST:
             raise LeaseLost(self.record.id)

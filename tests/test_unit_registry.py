@@ -34,7 +34,7 @@ def _redis_registry(kind: str, request: pytest.FixtureRequest, tmp_path) -> Redi
 @pytest.fixture(params=["embedded", "fakeredis", "redis"])
 def registry(request: pytest.FixtureRequest, tmp_path) -> Registry:
     if request.param == "embedded":
-        return EmbeddedRegistry(FileStore(tmp_path), lock_ttl=1.0, lock_wait=0.5)
+        return EmbeddedRegistry(FileStore(tmp_path), lock_ttl=1.0, lock_wait=0.5, heartbeat=0.05)
     return _redis_registry(request.param, request, tmp_path)
 
 

@@ -24,4 +24,4 @@ def make_registry(settings: Settings, store: FileStore) -> Registry:
         )
     from .embedded import EmbeddedRegistry
 
-    return EmbeddedRegistry(store, settings.lock_ttl, settings.lock_wait)
+    return EmbeddedRegistry(store, settings.lock_ttl, settings.lock_wait, settings.heartbeat)

@@ -10,7 +10,10 @@ The lock protocol (design.md, invariants 2 and 3):
   HEAD without breaking running uploads, and a client retrying past a dead
   connection still learns every byte that arrived; its following PATCH then
   frees the stuck holder with a hard request.
-* The holder renews the lease and reads its mailbox once per heartbeat.
+* The holder renews the lease and reads its mailbox every ``interval``
+  seconds of its lease: the heartbeat for Redis (a round trip), much more
+  often for the embedded registry (a local file read), so there a HEAD of
+  a running upload is answered within tens of milliseconds.
   Commits are conditional on still holding the lease, and a holder whose
   lease may have run out (paused past its TTL) stops before writing.
 """
@@ -25,7 +28,7 @@ from ..protocol import Locked
 from ..records import UploadRecord
 from ..storage import FileStore
 
-POLL_SECONDS = 0.02
+POLL_SECONDS = 0.01
 REPEAT_REQUEST_SECONDS = 0.5
 
 
@@ -46,6 +49,8 @@ class Lease(ABC):
     """The right to write one upload, until released or lost."""
 
     upload_id: str
+    #: Seconds between heartbeats: how soon the holder sees a request.
+    interval: float
 
     @abstractmethod
     def heartbeat(self) -> Mailbox:

@@ -21,10 +21,13 @@ from ..records import UploadRecord
 from ..storage import FileStore
 from .base import Lease, LeaseLost, Mailbox, Registry
 
+LOCAL_CHECK_SECONDS = 0.05
+
 
 class FileLease(Lease):
     def __init__(self, registry: EmbeddedRegistry, upload_id: str, fd: int, token: str):
         self.registry = registry
+        self.interval = registry.check_interval
         self.upload_id = upload_id
         self.fd = fd
         self.token = token
@@ -56,8 +59,11 @@ class FileLease(Lease):
 
 
 class EmbeddedRegistry(Registry):
-    def __init__(self, store: FileStore, lock_ttl: float, lock_wait: float):
+    def __init__(self, store: FileStore, lock_ttl: float, lock_wait: float, heartbeat: float):
         super().__init__(store, lock_ttl, lock_wait)
+        # The kernel keeps flock locks alive, so a heartbeat only reads the
+        # mailbox: cheap enough to do often.
+        self.check_interval = min(heartbeat, LOCAL_CHECK_SECONDS)
         self.locks = Path(store.root) / "locks"
         self.locks.mkdir(parents=True, exist_ok=True)
         self.waiting = Path(store.root) / "waiting"

@@ -144,6 +144,7 @@ class RedisLease(Lease):
         self.upload_id = upload_id
         self.token = token
         self.ttl_ms = int(registry.lock_ttl * 1000)
+        self.interval = registry.heartbeat
         self._valid_until = acquired_at + registry.lock_ttl
         self.released = False
 
@@ -198,6 +199,7 @@ class RedisRegistry(Registry):
         super().__init__(store, lock_ttl, lock_wait)
         self.redis = client
         self.prefix = prefix
+        self.heartbeat = heartbeat
         self.safety_margin = max(heartbeat, lock_ttl / 10)
         self.scripts = {
             name: self.redis.register_script(source)
