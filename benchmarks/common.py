@@ -652,3 +652,377 @@ def _write_all(fd: int, chunk: memoryview) -> None:
     written = os.write(fd, chunk)
     while written < len(chunk):
         written += os.write(fd, chunk[written:])
+
+
+# --------------------------------------------------------------------------
+# More figures and limits (benchmarks/compare.py)
+# --------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """The ``pct`` percentile (0-100) by linear interpolation; nan for no values.
+
+    ``inf`` in ``values`` (a request that never answered) sorts last and shows
+    up in the high percentiles as it should.
+    """
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    rank = (len(ordered) - 1) * pct / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    if ordered[high] == float("inf"):
+        return ordered[high] if rank > low else ordered[low]
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def raise_nofile_limit(wanted: int = 65536) -> tuple[int, int]:
+    """Raise this process's soft RLIMIT_NOFILE towards ``wanted`` (at most the hard limit).
+
+    Children started afterwards inherit it. Returns the (soft, hard) limits now in force.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def proc_socket_count(pid: int) -> int | None:
+    """How many sockets a process holds open (its /proc/<pid>/fd entries that are sockets)."""
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    count = 0
+    for name in names:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                count += 1
+    return count
+
+
+def proc_threads(pid: int) -> int | None:
+    """The Threads: line of /proc/<pid>/status."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"Threads:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+# --------------------------------------------------------------------------
+# Keep-alive HTTP: responses parsed from a buffer, a raw persistent connection
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class ParsedResponse:
+    status: int
+    headers: dict[str, str]
+    #: Bytes of the buffer this response took (head and body).
+    end: int
+    #: The server keeps the connection open after it.
+    keep_alive: bool
+
+
+def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+    """Status and lower-cased headers of a response head (without its blank line)."""
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise HttpError(f"bad status line {status_line!r}")
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(parts[1]), headers
+
+
+def _chunked_end(data: bytes | bytearray, pos: int) -> int | None:
+    """Where a chunked body starting at ``pos`` ends (trailers included); None: incomplete."""
+    while True:
+        line_end = data.find(b"\r\n", pos)
+        if line_end < 0:
+            return None
+        try:
+            size = int(bytes(data[pos:line_end]).split(b";")[0].strip(), 16)
+        except ValueError:
+            raise HttpError(f"bad chunk size line {bytes(data[pos:line_end])!r}") from None
+        pos = line_end + 2
+        if size == 0:
+            if data[pos:pos + 2] == b"\r\n":
+                return pos + 2
+            trailers_end = data.find(b"\r\n\r\n", pos)
+            return None if trailers_end < 0 else trailers_end + 4
+        pos += size + 2
+        if pos > len(data):
+            return None
+
+
+def parse_response(
+    data: bytes | bytearray, head_only: bool = False, closed: bool = False
+) -> ParsedResponse | None:
+    """The first complete response in ``data``, or None while more bytes are needed.
+
+    Bodies (Content-Length or chunked) are skipped, not returned. ``head_only`` is
+    for the answer to a HEAD; ``closed`` says the peer closed, which ends a body
+    that has no length.
+    """
+    head_end = data.find(b"\r\n\r\n")
+    if head_end < 0:
+        if len(data) > 65536:
+            raise HttpError("response head is too large")
+        return None
+    status, headers = parse_head(bytes(data[:head_end]))
+    pos = head_end + 4
+    if head_only or status in (204, 304) or 100 <= status < 200:
+        end: int | None = pos
+    elif "chunked" in headers.get("transfer-encoding", "").lower():
+        end = _chunked_end(data, pos)
+    elif "content-length" in headers:
+        end = pos + int(headers["content-length"])
+        if end > len(data):
+            end = None
+    else:
+        end = len(data) if closed else None
+    if end is None:
+        return None
+    keep_alive = headers.get("connection", "").lower() != "close"
+    return ParsedResponse(status, headers, end, keep_alive)
+
+
+class RawConnection:
+    """One persistent (keep-alive) HTTP/1.1 connection over a raw socket.
+
+    Request bodies are sent by repeating one pre-filled buffer (:func:`send_repeated`);
+    response bodies are read and dropped.
+    """
+
+    def __init__(self, host: str, port: int, timeout: float = 600):
+        self.host = host
+        self.port = port
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._data = bytearray()
+        self.open = True
+
+    def send_request(
+        self, method: str, path: str, headers: dict[str, str] | None = None,
+        body_size: int = 0, buffer: memoryview | None = None,
+    ) -> None:
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
+        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        if body_size or method in ("POST", "PATCH", "PUT"):
+            lines.append(f"Content-Length: {body_size}")
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        if body_size:
+            if buffer is None:
+                raise ValueError("a body needs a buffer")
+            send_repeated(self.sock, buffer, body_size)
+
+    def read_response(self, head_only: bool = False) -> tuple[int, dict[str, str]]:
+        closed = False
+        while True:
+            parsed = parse_response(self._data, head_only, closed)
+            if parsed is not None:
+                break
+            if closed:
+                raise HttpError(f"connection closed mid-response: {bytes(self._data[:200])!r}")
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                closed = True
+            self._data += chunk
+        del self._data[:parsed.end]
+        if not parsed.keep_alive or closed:
+            self.close()
+        return parsed.status, parsed.headers
+
+    def request(
+        self, method: str, path: str, headers: dict[str, str] | None = None,
+        body_size: int = 0, buffer: memoryview | None = None,
+    ) -> tuple[int, dict[str, str]]:
+        self.send_request(method, path, headers, body_size, buffer)
+        return self.read_response(head_only=method == "HEAD")
+
+    def close(self) -> None:
+        if self.open:
+            self.open = False
+            with contextlib.suppress(OSError):
+                self.sock.close()
+
+    def __enter__(self) -> RawConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------
+# An HTTP sink: answers tus-like requests and discards their bodies
+# --------------------------------------------------------------------------
+
+
+class _SinkConnection:
+    __slots__ = ("sock", "data", "body_left", "method", "close_after", "offset", "body")
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.data = bytearray()
+        self.body_left = 0
+        self.method = ""
+        self.close_after = False
+        self.offset = 0
+        self.body = 0
+
+
+def _sink_answer(conn: _SinkConnection, port: int) -> bytes:
+    end_offset = conn.offset + conn.body
+    if conn.method == "POST":
+        head = (f"HTTP/1.1 201 Created\r\nLocation: http://127.0.0.1:{port}/files/sink\r\n"
+                f"Upload-Offset: {conn.body}\r\n")
+    elif conn.method == "PATCH":
+        head = f"HTTP/1.1 204 No Content\r\nUpload-Offset: {end_offset}\r\n"
+    elif conn.method == "HEAD":
+        head = "HTTP/1.1 200 OK\r\nUpload-Offset: 0\r\n"
+    else:
+        head = "HTTP/1.1 204 No Content\r\n"
+    head += "Tus-Resumable: 1.0.0\r\nContent-Length: 0\r\n"
+    if conn.close_after:
+        head += "Connection: close\r\n"
+    return (head + "\r\n").encode("ascii")
+
+
+def _sink_send(sock: socket.socket, data: bytes) -> None:
+    sent = 0
+    with contextlib.suppress(BlockingIOError):
+        sent = sock.send(data)
+    if sent < len(data):  # rare for a small answer: finish it blocking
+        sock.setblocking(True)
+        try:
+            sock.sendall(data[sent:])
+        finally:
+            sock.setblocking(False)
+
+
+def _http_sink_main(pipe: Connection) -> None:
+    """Child process: a one-thread selectors HTTP server that only discards and answers."""
+    import selectors
+
+    selector = selectors.DefaultSelector()
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1024)
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    selector.register(listener, selectors.EVENT_READ, None)
+    pipe.send(port)
+    scratch = memoryview(bytearray(4 * MiB))
+
+    def drop(conn: _SinkConnection) -> None:
+        selector.unregister(conn.sock)
+        conn.sock.close()
+
+    def on_readable(conn: _SinkConnection) -> None:
+        if conn.body_left:
+            n = conn.sock.recv_into(scratch, min(conn.body_left, len(scratch)))
+            if n == 0:
+                drop(conn)
+                return
+            conn.body_left -= n
+            conn.body += n
+        else:
+            chunk = conn.sock.recv(65536)
+            if not chunk:
+                drop(conn)
+                return
+            conn.data += chunk
+        while not conn.body_left:
+            if conn.method:  # a request is complete: answer it
+                _sink_send(conn.sock, _sink_answer(conn, port))
+                if conn.close_after:
+                    drop(conn)
+                    return
+                conn.method = ""
+            head_end = conn.data.find(b"\r\n\r\n")
+            if head_end < 0:
+                return
+            request_line, *lines = bytes(conn.data[:head_end]).decode("latin-1").split("\r\n")
+            headers = {}
+            for line in lines:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            conn.method = request_line.split(" ", 1)[0]
+            conn.close_after = headers.get("connection", "").lower() == "close"
+            conn.offset = int(headers.get("upload-offset", "0") or 0)
+            length = int(headers.get("content-length", "0") or 0)
+            rest = len(conn.data) - head_end - 4
+            taken = min(rest, length)
+            del conn.data[:head_end + 4 + taken]
+            conn.body = taken
+            conn.body_left = length - taken
+
+    parent = os.getppid()
+    while True:
+        for key, _ in selector.select(timeout=0.5):
+            if key.data is None:
+                while True:
+                    try:
+                        sock, _ = listener.accept()
+                    except BlockingIOError:
+                        break
+                    sock.setblocking(False)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    selector.register(sock, selectors.EVENT_READ, _SinkConnection(sock))
+            else:
+                try:
+                    on_readable(key.data)
+                except OSError:
+                    with contextlib.suppress(KeyError, ValueError, OSError):
+                        drop(key.data)
+        if pipe.poll() or os.getppid() != parent:
+            return
+
+
+class HttpSink:
+    """A loopback HTTP server in its own process that discards every body.
+
+    It answers POST with 201 (Location, Upload-Offset), PATCH with 204 and the
+    new Upload-Offset, HEAD with 200, anything else with 204; it keeps
+    connections alive unless the request says ``Connection: close``. Driving the
+    benchmark's clients against it shows what the client (with this one-thread
+    sink as the peer) can do at most. Use as a context manager; ``port`` is set
+    once it runs.
+    """
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._pipe, child_end = context.Pipe()
+        self._process = context.Process(target=_http_sink_main, args=(child_end,), daemon=True)
+        self.port = 0
+        self.host = "127.0.0.1"
+
+    def __enter__(self) -> HttpSink:
+        self._process.start()
+        if not self._pipe.poll(30):
+            self._process.terminate()
+            raise RuntimeError("HTTP sink did not start")
+        self.port = int(self._pipe.recv())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(OSError):
+            self._pipe.send("stop")
+        self._process.join(5)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(5)
