@@ -125,6 +125,10 @@ class SocketSource:
             view[:n] = self.pending[:n]
             del self.pending[:n]
             return n
+        return self.recv_into(view)
+
+    def recv_into(self, view: memoryview) -> int:
+        """One read from the socket itself, waking ``on_idle`` while it is silent."""
         while True:
             try:
                 return self.sock.recv_into(view)
@@ -145,8 +149,10 @@ class SocketSource:
                 return line[:-1]
             if len(self.pending) > limit:
                 raise MalformedBody("chunked body line is too long")
+            # Read the socket, not the pending bytes: those are the line's
+            # beginning, and handing them back would loop without end.
             scratch = bytearray(4096)
-            n = self.readinto(memoryview(scratch))
+            n = self.recv_into(memoryview(scratch))
             if n == 0:
                 raise ClientDisconnected("connection closed inside a chunked body")
             self.pending += scratch[:n]

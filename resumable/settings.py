@@ -54,7 +54,7 @@ class Settings:
     heartbeat: float = _setting(
         0.25, "seconds between a writer's lock renewals and checks for a release request"
     )
-    commit_bytes: int = _setting(8 * MiB, "a long PATCH commits its offset every this many bytes")
+    commit_bytes: int = _setting(16 * MiB, "a long PATCH commits its offset every this many bytes")
     commit_seconds: float = _setting(1.0, "... and at least every this many seconds")
     read_timeout: float = _setting(
         60.0, "seconds a request body may stall before the server cuts it and keeps what came"

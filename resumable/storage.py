@@ -43,9 +43,10 @@ class FileStore:
             with open(self.data_path(record.id), "xb"):
                 pass
             self.write_sidecar(record)
-        except OSError as error:
-            self.delete(record.id)
-            raise_if_disk_full(error)
+        except BaseException as error:
+            self.delete(record.id)  # a refused creation leaves nothing behind
+            if isinstance(error, OSError):
+                raise_if_disk_full(error)
             raise
 
     def write_sidecar(self, record: UploadRecord) -> None:

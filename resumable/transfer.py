@@ -4,7 +4,8 @@ This is the one loop every byte goes through: read a slice of the body into
 a reused buffer, check the lease is still ours (a clock comparison), write
 the slice, feed the checksum. Nothing else happens per slice; the lease is
 renewed, release requests are read and the offset committed on a timer
-(``heartbeat``, ``commit_seconds``) or a byte count (``commit_bytes``).
+(``heartbeat``, ``commit_seconds``) or a byte count (``commit_bytes``, a
+comparison per slice).
 
 How a body ends decides what is kept (design.md, invariants 1, 4, 5):
 
@@ -54,6 +55,10 @@ from .storage import FileStore
 
 class _HandOver(Exception):
     """A newer request asked for the lock."""
+
+
+#: Bytes given back on a full disk so the offset can still be committed.
+ROOM_ON_FULL_DISK = 64 * 1024
 
 
 class BufferPool:
@@ -190,7 +195,7 @@ class _Run:
             if error.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             drain = True
-            self._keep_or_discard()
+            self._make_room_and_keep()
             raise InsufficientStorage(
                 f"storage is full; {self.record.offset} bytes are stored, retry later",
                 {"Upload-Offset": str(self.record.offset)},
@@ -206,6 +211,7 @@ class _Run:
         fd = self.fd
         lease = self.lease
         checksum = self.checksum
+        commit_every = None if self.staged else self.settings.commit_bytes
         room = limit
         size = len(view)
         while True:
@@ -226,6 +232,8 @@ class _Run:
                 self.written += accepted
                 if room is not None:
                     room -= accepted
+                if commit_every is not None and self.written - self.committed >= commit_every:
+                    self._commit()
             if accepted < n:
                 return True
             now = time.monotonic()
@@ -256,7 +264,6 @@ class _Run:
             and self.written > self.committed
             and (
                 state is Mailbox.SOFT_RELEASE
-                or self.written - self.committed >= self.settings.commit_bytes
                 or now - self.last_commit >= self.settings.commit_seconds
             )
         ):
@@ -306,6 +313,24 @@ class _Run:
         if not checksum.matches():
             self._discard()
             raise ChecksumMismatch("Upload-Checksum trailer does not match the body")
+
+    def _make_room_and_keep(self) -> None:
+        """On a full disk: give back the last few blocks written, then commit.
+
+        Committing writes a new sidecar, which needs a free block that the
+        data file may just have taken. The bytes given back were never
+        acknowledged; the client sends them again from the committed offset.
+        """
+        if self.staged:
+            self._discard()
+            return
+        end = self.start + self.written
+        aligned = (end // ROOM_ON_FULL_DISK - 1) * ROOM_ON_FULL_DISK
+        keep_until = max(self.start + self.committed, aligned)
+        os.ftruncate(self.fd, keep_until)
+        self.written = keep_until - self.start
+        if self.written > self.committed:
+            self._commit()
 
     def _offset_header(self) -> dict[str, str]:
         return {"Upload-Offset": str(self.record.offset)}

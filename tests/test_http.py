@@ -744,3 +744,28 @@ def test_empty_patch_with_content_length_zero(tus: TusClient) -> None:
     assert response.status_code == 204, response.text
     assert response.headers["Upload-Offset"] == "3"
     assert tus.offset(url) == 3
+
+
+def test_chunked_lines_split_across_packets(tus: TusClient, server: Server) -> None:
+    """Chunk-size lines and the final CRLF arriving in pieces still make one body.
+
+    Clients write whenever their buffers say so: a line may end in a later
+    packet than it began.
+    """
+    url = tus.new_upload(10)
+    path = url.split(str(server.port), 1)[1]
+    pieces = [b"5\r", b"\nhello\r\n5", b"\r\nworld\r", b"\n0\r", b"\n\r", b"\n"]
+    head = (
+        f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nTus-Resumable: 1.0.0\r\n"
+        f"Upload-Offset: 0\r\nContent-Type: {OFFSET_STREAM}\r\n"
+        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head)
+        for piece in pieces:
+            time.sleep(0.05)
+            sock.sendall(piece)
+        answer = _read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 204"), answer[:200]
+    assert tus.offset(url) == 10
+    assert tus.get(url).content == b"helloworld"
