@@ -37,16 +37,13 @@ class FileStore:
 
     # -- sidecar records -------------------------------------------------------
 
-    def create(self, record: UploadRecord) -> None:
-        """Make the empty data file, then the sidecar that makes it exist."""
+    def create_data(self, upload_id: str) -> None:
+        """The empty data file of a new upload; its sidecar makes it exist later."""
         try:
-            with open(self.data_path(record.id), "xb"):
+            with open(self.data_path(upload_id), "xb"):
                 pass
-            self.write_sidecar(record)
-        except BaseException as error:
-            self.delete(record.id)  # a refused creation leaves nothing behind
-            if isinstance(error, OSError):
-                raise_if_disk_full(error)
+        except OSError as error:
+            raise_if_disk_full(error)
             raise
 
     def write_sidecar(self, record: UploadRecord) -> None:

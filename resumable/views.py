@@ -147,20 +147,37 @@ def create() -> Response:
         created=time.time(),
     )
     record.expires = _expiry(record)
-    svc.registry.create(record)
     location = upload_url(record.id)
     headers = {"Location": location}
     if has_body:
-        try:
-            with _locked(record.id) as (lease, current):
-                record = _append(lease, current, checksum, trailer)
-        except TusError as error:
-            error.headers.setdefault("Location", location)
-            raise
+        record = _create_with_data(record, location, checksum, trailer)
         headers["Upload-Offset"] = str(record.offset)
+    else:
+        svc.registry.create(record)
     if record.expires is not None and not record.is_complete:
         headers["Upload-Expires"] = format_http_date(record.expires)
     return _empty(201, headers=headers)
+
+
+def _create_with_data(
+    record: UploadRecord, location: str, checksum: Checksum | None, trailer: bool
+) -> UploadRecord:
+    """creation-with-upload: stream the body into the upload being born."""
+    registry = services().registry
+    lease = registry.conceive(record)
+    try:
+        record = _append(lease, record, checksum, trailer)
+    except TusError as error:
+        if not lease.born:
+            registry.save(lease, record)  # the answer names it: make it exist
+        error.headers.setdefault("Location", location)
+        raise
+    except BaseException:
+        registry.abandon(lease)
+        raise
+    if not lease.born:
+        registry.save(lease, record)
+    return record
 
 
 def _create_final(concat: str) -> Response:

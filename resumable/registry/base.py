@@ -69,27 +69,82 @@ class Lease(ABC):
         """Give the lock up (no-op if it was lost)."""
 
 
+class BirthLease(Lease):
+    """The right to write the upload a POST is creating, before anyone can know it.
+
+    Its id is random and unpublished until the ``201`` answer, so no other
+    request can reach it and no lock is taken; its record is published by
+    its first commit. A creation with data so costs one record write and no
+    lock files or round trips, which is most of the price of a small upload.
+    """
+
+    def __init__(self, upload_id: str, interval: float):
+        self.upload_id = upload_id
+        self.interval = interval
+        self.born = False
+
+    def heartbeat(self) -> Mailbox:
+        return Mailbox.HELD
+
+    def acknowledge(self) -> None:
+        """Nobody can have asked."""
+
+    def is_valid(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        """Nothing is locked."""
+
+
 class Registry(ABC):
     """Upload records and their locks."""
 
-    def __init__(self, store: FileStore, lock_ttl: float, lock_wait: float):
+    def __init__(self, store: FileStore, lock_ttl: float, lock_wait: float, heartbeat: float):
         self.store = store
         self.lock_ttl = lock_ttl
         self.lock_wait = lock_wait
+        self.heartbeat = heartbeat
 
     # -- records ---------------------------------------------------------------
 
-    @abstractmethod
     def create(self, record: UploadRecord) -> None:
-        """Store a new record (its data file exists already)."""
+        """Make a new upload exist: its data file, then its record."""
+        self.store.create_data(record.id)
+        try:
+            self.publish(record)
+        except BaseException:
+            self.store.delete(record.id)  # a refused creation leaves nothing behind
+            raise
+
+    def conceive(self, record: UploadRecord) -> BirthLease:
+        """The data file of a new upload and the lease to fill it (see BirthLease)."""
+        self.store.create_data(record.id)
+        return BirthLease(record.id, self.heartbeat)
+
+    def abandon(self, lease: BirthLease) -> None:
+        """A creation that failed before its record was published leaves nothing."""
+        if not lease.born:
+            self.store.delete(lease.upload_id)
+
+    @abstractmethod
+    def publish(self, record: UploadRecord) -> None:
+        """Write the record whole, unconditionally (creation, or a birth lease's commits)."""
 
     @abstractmethod
     def get(self, upload_id: str) -> UploadRecord | None:
         """The record, or None when no such upload exists."""
 
-    @abstractmethod
     def save(self, lease: Lease, record: UploadRecord) -> None:
         """Commit offset/length changes; raises LeaseLost unless ``lease`` holds."""
+        if isinstance(lease, BirthLease):
+            self.publish(record)
+            lease.born = True
+            return
+        self.save_held(lease, record)
+
+    @abstractmethod
+    def save_held(self, lease: Lease, record: UploadRecord) -> None:
+        """``save`` for a lease taken through the lock."""
 
     @abstractmethod
     def delete(self, lease: Lease) -> None:

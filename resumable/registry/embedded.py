@@ -60,7 +60,7 @@ class FileLease(Lease):
 
 class EmbeddedRegistry(Registry):
     def __init__(self, store: FileStore, lock_ttl: float, lock_wait: float, heartbeat: float):
-        super().__init__(store, lock_ttl, lock_wait)
+        super().__init__(store, lock_ttl, lock_wait, heartbeat)
         # The kernel keeps flock locks alive, so a heartbeat only reads the
         # mailbox: cheap enough to do often.
         self.check_interval = min(heartbeat, LOCAL_CHECK_SECONDS)
@@ -88,13 +88,13 @@ class EmbeddedRegistry(Registry):
 
     # -- records ---------------------------------------------------------------
 
-    def create(self, record: UploadRecord) -> None:
-        self.store.create(record)
+    def publish(self, record: UploadRecord) -> None:
+        self.store.write_sidecar(record)
 
     def get(self, upload_id: str) -> UploadRecord | None:
         return self.store.read_sidecar(upload_id)
 
-    def save(self, lease: Lease, record: UploadRecord) -> None:
+    def save_held(self, lease: Lease, record: UploadRecord) -> None:
         if not lease.is_valid():
             raise LeaseLost(f"lost the lock on {record.id}")
         self.store.write_sidecar(record)

@@ -196,10 +196,9 @@ class RedisRegistry(Registry):
         lock_wait: float,
         heartbeat: float,
     ):
-        super().__init__(store, lock_ttl, lock_wait)
+        super().__init__(store, lock_ttl, lock_wait, heartbeat)
         self.redis = client
         self.prefix = prefix
-        self.heartbeat = heartbeat
         self.safety_margin = max(heartbeat, lock_ttl / 10)
         self.scripts = {
             name: self.redis.register_script(source)
@@ -220,14 +219,9 @@ class RedisRegistry(Registry):
 
     # -- records ---------------------------------------------------------------
 
-    def create(self, record: UploadRecord) -> None:
-        self.store.create(record)
-        try:
-            self.redis.hset(self.key("upload", record.id), mapping=_hash_fields(record))
-        except redis.RedisError:
-            # Nobody was told about this upload: leave nothing behind.
-            self.store.delete(record.id)
-            raise
+    def publish(self, record: UploadRecord) -> None:
+        self.store.write_sidecar(record)
+        self.redis.hset(self.key("upload", record.id), mapping=_hash_fields(record))
 
     def get(self, upload_id: str) -> UploadRecord | None:
         fields = self.redis.hgetall(self.key("upload", upload_id))
@@ -246,7 +240,7 @@ class RedisRegistry(Registry):
         fields = self.redis.hgetall(self.key("upload", upload_id))
         return _from_hash(fields) if fields else None
 
-    def save(self, lease: Lease, record: UploadRecord) -> None:
+    def save_held(self, lease: Lease, record: UploadRecord) -> None:
         assert isinstance(lease, RedisLease)
         saved = self.scripts["save"](
             [self.key("lock", record.id), self.key("upload", record.id)],
