@@ -479,4 +479,4 @@ def _is_chunked() -> bool:
 def upload_url(upload_id: str) -> str:
     """Absolute URL of an upload as the client reached us (proxy-aware when trusted)."""
     base = services().settings.base_path
-    return f"{request.host_url.rstrip('/')}{request.script_root}{base}{upload_id}"
+    return f"{request.scheme}://{request.host}{request.script_root}{base}{upload_id}"
