@@ -8,7 +8,7 @@ Run from the repository root with the project's virtualenv (Node >= 20.19 and np
     python benchmarks/compare.py --json /tmp/compare.json
 
 It starts both servers itself, each storing to its own directory inside one
-temporary directory (``--work-dir`` chooses where; the same file system for
+temporary directory under bench-results/work (``--work-dir`` chooses where; the same file system for
 both), and stops them at the end:
 
 @tus/server
@@ -182,6 +182,7 @@ from resumable.settings import Settings  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TUS_NODE_DIR = Path(__file__).resolve().parent / "tus-node"
 DEFAULT_JSON = REPO_ROOT / "bench-results" / "compare.json"
+DEFAULT_WORK_DIR = REPO_ROOT / "bench-results" / "work"
 TUS = {"Tus-Resumable": "1.0.0"}
 WORKLOADS = "abcdef"
 SUBJECTS = ("tus-node", "resumable")
@@ -1410,8 +1411,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prime", action=argparse.BooleanOptionalAction, default=True,
                         help="write and remove an untimed file of the same size before each "
                              "timed bulk step (default on)")
-    parser.add_argument("--work-dir", type=Path, default=None,
-                        help="make the temporary directory (both servers' data) in here")
+    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
+                        help="make the temporary directory (both servers' data) in here "
+                             "(default bench-results/work: the repository's file system, "
+                             "as a deployment's data dir would be; a system temp dir may "
+                             "be tmpfs, or slow at creating files)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON,
                         help="write the figures here (default bench-results/compare.json)")
     return parser
@@ -1453,6 +1457,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{versions['@tus/file-store']}, node {versions['node']}", flush=True)
 
     buffer = fill_buffer(4 * MiB)
+    if plan.work_dir is not None:
+        Path(plan.work_dir).mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="resumable-compare-", dir=plan.work_dir))
     scratch = workdir / "scratch"
     scratch.mkdir()
