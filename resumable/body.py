@@ -316,13 +316,7 @@ class GunicornLengthBody(_GunicornBody):
         if self.remaining == 0:
             self.ended = True
             return 0
-        n = self.source.splice_to(fd, min(count, self.remaining), before_write)
-        if n == 0:
-            raise ClientDisconnected("connection closed before Content-Length bytes arrived")
-        self.remaining -= n
-        if self.remaining == 0:
-            self.ended = True
-        return n
+        return self._count(self.source.splice_to(fd, min(count, self.remaining), before_write))
 
     def readinto(self, view: memoryview) -> int:
         if self.remaining == 0:
@@ -330,7 +324,10 @@ class GunicornLengthBody(_GunicornBody):
             return 0
         if len(view) > self.remaining:
             view = view[: self.remaining]
-        n = self.source.readinto(view)
+        return self._count(self.source.readinto(view))
+
+    def _count(self, n: int) -> int:
+        """Account for ``n`` bytes that arrived; none before the end is a disconnect."""
         if n == 0:
             raise ClientDisconnected("connection closed before Content-Length bytes arrived")
         self.remaining -= n

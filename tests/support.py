@@ -194,6 +194,53 @@ def _is_collector(pid: int) -> bool:
     return b"gc" in argv and b"--every" in argv
 
 
+def serving_workers(server: Server) -> list[int]:
+    """The gunicorn workers of ``server`` (its children, less the gc collector)."""
+    return server.worker_pids()
+
+
+def _server_side_inode(server_port: int, client_port: int) -> int:
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            if local_port == server_port and remote_port == client_port:
+                return int(fields[9])
+    return 0
+
+
+def connection_owner(server: Server, sock: socket.socket, timeout: float = 5.0) -> int | None:
+    """Pid of the worker that accepted ``sock``'s connection (None if none did in time).
+
+    Found through /proc: the server side of the connection's socket inode,
+    then the worker holding a descriptor to it.
+    """
+    client_port = sock.getsockname()[1]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        inode = _server_side_inode(server.port, client_port)
+        if inode:
+            target = f"socket:[{inode}]"
+            for pid in server.worker_pids():
+                try:
+                    names = os.listdir(f"/proc/{pid}/fd")
+                except OSError:
+                    continue
+                for name in names:
+                    try:
+                        if os.readlink(f"/proc/{pid}/fd/{name}") == target:
+                            return pid
+                    except OSError:
+                        continue
+        time.sleep(0.02)
+    return None
+
+
 class TusClient:
     """Small, explicit tus requests for tests (no retries, no magic)."""
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import random
 import socket
 import struct
@@ -576,57 +575,6 @@ def payload_in_prefix(spans: list[tuple[int, int]], cut: int) -> int:
 # --------------------------------------------------------------------------
 # Worker processes: who holds a connection (/proc/net/tcp + /proc/<pid>/fd)
 # --------------------------------------------------------------------------
-
-
-def serving_workers(server: Server) -> list[int]:
-    """The gunicorn workers among the master's children (not `resumable gc`)."""
-    pids = []
-    for pid in server.worker_pids():
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"serve" in argv:
-            pids.append(pid)
-    return pids
-
-
-def _server_side_inode(server_port: int, client_port: int) -> int:
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            local_port = int(fields[1].rsplit(":", 1)[1], 16)
-            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
-            if local_port == server_port and remote_port == client_port:
-                return int(fields[9])
-    return 0
-
-
-def connection_owner(server: Server, sock: socket.socket, timeout: float = 5.0) -> int | None:
-    """Pid of the worker that accepted ``sock``'s connection (None if none did in time)."""
-    client_port = sock.getsockname()[1]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        inode = _server_side_inode(server.port, client_port)
-        if inode:
-            target = f"socket:[{inode}]"
-            for pid in serving_workers(server):
-                try:
-                    names = os.listdir(f"/proc/{pid}/fd")
-                except OSError:
-                    continue
-                for name in names:
-                    try:
-                        if os.readlink(f"/proc/{pid}/fd/{name}") == target:
-                            return pid
-                    except OSError:
-                        continue
-        time.sleep(0.02)
-    return None
 
 
 def file_snapshot(root: Path) -> dict[str, int]:
