@@ -33,7 +33,15 @@ from pathlib import Path
 import pytest
 import redis
 
-from ..support import OFFSET_STREAM, TUS, RedisServer, Server, TusClient
+from ..support import (
+    OFFSET_STREAM,
+    TUS,
+    RedisServer,
+    Server,
+    TusClient,
+    connection_owner,
+    serving_workers,
+)
 from .process_tools import (
     PIECE,
     Blob,
@@ -43,14 +51,12 @@ from .process_tools import (
     Tally,
     checksum_header,
     chunked_wire,
-    connection_owner,
     data_file,
     file_prefix_matches,
     file_snapshot,
     paced,
     payload_in_prefix,
     random_buffer,
-    serving_workers,
     settle_offset,
     wait_for,
 )
