@@ -17,10 +17,11 @@ from .middleware import MethodOverride, TrustedProxy
 from .protocol import (
     TUS_VERSION,
     InsufficientStorage,
+    Locked,
     ServiceUnavailable,
     TusError,
 )
-from .registry import make_registry
+from .registry import LeaseLost, make_registry
 from .settings import Settings
 from .storage import FileStore
 from .transfer import Appender, BufferPool
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         return response
 
     app.register_error_handler(TusError, error_response)
+    app.register_error_handler(LeaseLost, lost_lease_response)
     app.register_error_handler(HTTPException, http_error_response)
     app.register_error_handler(Exception, unexpected_error_response)
 
@@ -78,6 +80,11 @@ def error_response(error: TusError) -> Response:
         body, status=error.status_line, headers=error.headers, mimetype="text/plain"
     )
     return response
+
+
+def lost_lease_response(error: LeaseLost) -> Response:
+    """Another request took the upload over while this one worked on it."""
+    return error_response(Locked("another request took this upload over; retry"))
 
 
 def http_error_response(error: HTTPException) -> Response:

@@ -150,6 +150,9 @@ class SocketSource:
         self.pending = bytearray(buffered)
         self.on_idle = on_idle
         self.pipe: tuple[int, int, int] | None = None
+        #: Bytes were taken from the socket and then dropped: the body's
+        #: count is off, so it must not be drained, only closed.
+        self.lost_bytes = False
         self.poll_ms = max(1, int(poll_interval * 1000))
         self.poller = select.poll()
         self.poller.register(sock, select.POLLIN)
@@ -234,6 +237,7 @@ class SocketSource:
                 moved += os.splice(pipe_read, fd, n - moved, flags=os.SPLICE_F_MOVE)
         except BaseException:
             self._close_pipe()  # it may still hold bytes; never reuse it
+            self.lost_bytes = True  # read from the socket, counted nowhere
             raise
         return n
 
@@ -265,7 +269,7 @@ class _GunicornBody(RequestBody):
         self.ended = False
 
     def release(self, drain: bool) -> None:
-        if not self.ended and drain:
+        if not self.ended and drain and not self.source.lost_bytes and self._rest_is_small():
             self._drain()
         self.source.restore()
         if self.ended:
@@ -296,6 +300,10 @@ class _GunicornBody(RequestBody):
 
     def _mark_consumed(self) -> None:
         raise NotImplementedError
+
+    def _rest_is_small(self) -> bool:
+        """Whether what is left of the body may be worth draining."""
+        return True
 
 
 class GunicornLengthBody(_GunicornBody):
@@ -337,6 +345,9 @@ class GunicornLengthBody(_GunicornBody):
 
     def _mark_consumed(self) -> None:
         self.reader.length = 0
+
+    def _rest_is_small(self) -> bool:
+        return self.remaining <= DRAIN_LIMIT
 
 
 class GunicornChunkedBody(_GunicornBody):

@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit
 
 from .protocol import BadRequest, Locked, NotFound, PayloadTooLarge, is_valid_upload_id
 from .records import UploadRecord
-from .registry import Registry
+from .registry import LeaseLost, Mailbox, Registry
 from .storage import FileStore
 
 
@@ -77,8 +77,11 @@ class Concatenator:
 
     def complete(self, final_id: str, wait: float = 0.0) -> UploadRecord | None:
         """Join the final's parts if all are complete; its record, or None if gone."""
-        lease = self.registry.try_acquire(final_id) if wait == 0 else None
-        if lease is None:
+        if wait == 0:
+            lease = self.registry.try_acquire(final_id)
+            if lease is None:  # someone else is joining it right now
+                return self.registry.get(final_id)
+        else:
             try:
                 lease = self.registry.acquire(final_id, wait=wait)
             except Locked:
@@ -91,7 +94,22 @@ class Concatenator:
             if any(part is None or not part.is_complete for part in parts):
                 return final
             lengths = [part.length for part in parts]  # type: ignore[union-attr]
-            self.store.concatenate(final_id, final.parts, lengths)  # type: ignore[arg-type]
+
+            def keep_lease() -> None:
+                # A long copy outlives a Redis lock's TTL unless renewed;
+                # a lost lease means another request took over: stop.
+                if lease.heartbeat() is Mailbox.LOST:
+                    raise LeaseLost(final_id)
+
+            try:
+                self.store.concatenate(
+                    final_id,
+                    final.parts,
+                    lengths,
+                    keep_lease,  # type: ignore[arg-type]
+                )
+            except FileNotFoundError:
+                return final  # a part was deleted meanwhile: it can never be joined
             final.length = final.offset = sum(lengths)  # type: ignore[arg-type]
             final.expires = None
             self.registry.save(lease, final)

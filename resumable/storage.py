@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Iterator
+import secrets
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .protocol import InsufficientStorage, is_valid_upload_id
@@ -48,7 +49,9 @@ class FileStore:
 
     def write_sidecar(self, record: UploadRecord) -> None:
         path = self.sidecar_path(record.id)
-        temporary = path.with_suffix(f".json.{os.getpid()}.tmp")
+        # Unique per call: two threads (or a lapsed and a new holder) never
+        # write into each other's temporary file.
+        temporary = path.with_suffix(f".json.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
             with open(temporary, "w", encoding="utf-8") as handle:
                 handle.write(record.to_json())
@@ -100,22 +103,35 @@ class FileStore:
             raise
         return fd
 
-    def concatenate(self, upload_id: str, part_ids: list[str], lengths: list[int]) -> None:
+    def concatenate(
+        self,
+        upload_id: str,
+        part_ids: list[str],
+        lengths: list[int],
+        between: Callable[[], None] = lambda: None,
+    ) -> None:
         """Replace the data of ``upload_id`` by the parts' first ``lengths`` bytes, in order.
 
         The kernel copies (``copy_file_range``, else ``sendfile``): no byte
-        passes through Python. A part deleted meanwhile still copies whole,
-        since its descriptor is opened first.
+        passes through Python. Every part is opened before the copy starts,
+        so one deleted meanwhile still copies whole (FileNotFoundError if it
+        is already gone). ``between`` runs every COPY_PIECE bytes: the
+        caller's lease renewal, which may stop a long copy.
         """
-        sources = [os.open(self.data_path(p), os.O_RDONLY | os.O_CLOEXEC) for p in part_ids]
+        sources: list[int] = []
         try:
+            for part_id in part_ids:
+                sources.append(os.open(self.data_path(part_id), os.O_RDONLY | os.O_CLOEXEC))
             with open(self.data_path(upload_id), "r+b") as target:
                 target.truncate(0)
                 out = target.fileno()
                 position = 0
                 for source, length in zip(sources, lengths, strict=True):
-                    copy_range(source, out, length, position)
-                    position += length
+                    for start in range(0, length, COPY_PIECE):
+                        piece = min(COPY_PIECE, length - start)
+                        copy_range(source, out, piece, position, start)
+                        position += piece
+                        between()
                 if self.fsync:
                     os.fsync(out)
         except OSError as error:
@@ -129,8 +145,14 @@ class FileStore:
         return os.stat(self.data_path(upload_id)).st_size
 
 
-def copy_range(source: int, target: int, length: int, target_offset: int) -> None:
-    """Copy ``length`` bytes from the start of ``source`` to ``target_offset``."""
+#: Bytes joined between two lease renewals during a concatenation.
+COPY_PIECE = 256 * 1024 * 1024
+
+
+def copy_range(
+    source: int, target: int, length: int, target_offset: int, source_offset: int = 0
+) -> None:
+    """Copy ``length`` bytes from ``source_offset`` of ``source`` to ``target_offset``."""
     copied = 0
     try:
         while copied < length:
@@ -138,7 +160,7 @@ def copy_range(source: int, target: int, length: int, target_offset: int) -> Non
                 source,
                 target,
                 length - copied,
-                offset_src=copied,
+                offset_src=source_offset + copied,
                 offset_dst=target_offset + copied,
             )
             if n == 0:
@@ -150,7 +172,7 @@ def copy_range(source: int, target: int, length: int, target_offset: int) -> Non
             raise
     os.lseek(target, target_offset + copied, os.SEEK_SET)
     while copied < length:
-        n = os.sendfile(target, source, copied, length - copied)
+        n = os.sendfile(target, source, source_offset + copied, length - copied)
         if n == 0:
             raise OSError(errno.EIO, "source file is shorter than its recorded length")
         copied += n

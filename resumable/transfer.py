@@ -155,9 +155,9 @@ class _Run:
     def stream(self, body: RequestBody, limit: int | None) -> UploadRecord:
         buffer = self.pool.take()
         view = memoryview(buffer)
-        self.fd = self.store.open_for_append(self.record.id, self.start)
         drain = False  # read the rest of a small body the client is still sending
         try:
+            self.fd = self.store.open_for_append(self.record.id, self.start)
             overflow = self._loop(body, view, limit)
             if overflow:
                 drain = True
@@ -201,10 +201,13 @@ class _Run:
                 {"Upload-Offset": str(self.record.offset)},
             ) from None
         finally:
-            os.close(self.fd)
-            view.release()
-            self.pool.give(buffer)
-            body.release(drain)
+            try:
+                if self.fd >= 0:
+                    os.close(self.fd)
+                view.release()
+                self.pool.give(buffer)
+            finally:
+                body.release(drain)  # whatever failed above, hand the connection back
 
     def _loop(self, body: RequestBody, view: memoryview, limit: int | None) -> bool:
         """Copy the body to the file; True when it ran past ``limit``."""
@@ -372,10 +375,19 @@ class _Run:
         return {"Upload-Offset": str(self.record.offset)}
 
     def _keep_or_discard(self) -> None:
+        """Keep or drop this request's bytes after it ended early.
+
+        Called while another ending is being handled, so a lease lost
+        meanwhile must not replace that answer: then there is nothing we
+        may commit, and the newer holder cuts the file back to its offset.
+        """
         if self.staged:
             self._discard()
         elif self.written > self.committed:
-            self._commit()
+            try:
+                self._commit()
+            except LeaseLost:
+                pass
 
 
 def _write_all(fd: int, chunk: memoryview) -> None:

@@ -7,6 +7,8 @@ state → stream → commit → answer. A failure anywhere is a raised
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,7 +40,7 @@ from .protocol import (
     parse_uint,
 )
 from .records import UploadRecord
-from .registry import Lease, Registry
+from .registry import Lease, LeaseLost, Registry
 from .settings import Settings
 from .storage import FileStore
 from .transfer import Appender
@@ -63,6 +65,7 @@ def extensions(settings: Settings) -> list[str]:
 
 
 blueprint = Blueprint("tus", __name__)
+log = logging.getLogger("resumable")
 
 
 @dataclass
@@ -138,6 +141,8 @@ def create() -> Response:
         declared = request.content_length
         if length is not None and declared is not None and declared > length:
             raise PayloadTooLarge("body is longer than Upload-Length")
+        if length is None and settings.max_size and (declared or 0) > settings.max_size:
+            raise PayloadTooLarge(f"body is longer than the maximum of {settings.max_size} bytes")
 
     record = UploadRecord(
         id=new_upload_id(),
@@ -212,7 +217,12 @@ def _create_final(concat: str) -> Response:
     # whose partials are gone).
     svc.registry.create(record)
     svc.registry.add_waiting(record.id, part_ids)
-    svc.concatenator.complete(record.id, wait=settings.lock_wait)
+    try:
+        svc.concatenator.complete(record.id, wait=settings.lock_wait)
+    except (TusError, LeaseLost, OSError) as error:
+        # The final exists and HEAD or GET will join it again; the client
+        # must learn its URL either way.
+        log.warning("joining final upload %s failed for now: %s", record.id, error)
     return _empty(201, headers={"Location": upload_url(record.id)})
 
 
@@ -319,20 +329,31 @@ def patch(upload_id: str) -> Response:
     _authorize("append", upload_id)
     _load(upload_id)
 
-    with _locked(upload_id) as (lease, record):
-        if record.is_final:
-            raise Forbidden("a final concatenated upload cannot be patched")
-        if offset != record.offset:
-            raise OffsetConflict(
-                f"Upload-Offset {offset} does not match the upload's offset {record.offset}",
-                {"Upload-Offset": str(record.offset)},
-            )
-        if new_length is not None:
-            _declare_length(lease, record, new_length)
-        record = _append(lease, record, checksum, trailer)
-    if record.is_partial and record.is_complete:
-        services().concatenator.complete_waiting(record.id)
+    try:
+        with _locked(upload_id) as (lease, record):
+            if record.is_final:
+                raise Forbidden("a final concatenated upload cannot be patched")
+            if offset != record.offset:
+                raise OffsetConflict(
+                    f"Upload-Offset {offset} does not match the upload's offset {record.offset}",
+                    {"Upload-Offset": str(record.offset)},
+                )
+            if new_length is not None:
+                _declare_length(lease, record, new_length)
+            record = _append(lease, record, checksum, trailer)
+    except TusError:
+        # An ending such as 413 may still have committed a partial's last byte.
+        with contextlib.suppress(Exception):
+            _join_waiting_finals(services().registry.get(upload_id))
+        raise
+    _join_waiting_finals(record)
     return _empty(204, headers=_after_append_headers(record))
+
+
+def _join_waiting_finals(record: UploadRecord | None) -> None:
+    """A partial just completed: join the finals that waited for it."""
+    if record is not None and record.is_partial and record.is_complete:
+        services().concatenator.complete_waiting(record.id)
 
 
 def _declare_length(lease: Lease, record: UploadRecord, length: int) -> None:
@@ -344,6 +365,9 @@ def _declare_length(lease: Lease, record: UploadRecord, length: int) -> None:
         return
     if length < record.offset:
         raise BadRequest("Upload-Length is smaller than the bytes already uploaded")
+    declared = request.content_length
+    if declared is not None and record.offset + declared > length:
+        raise PayloadTooLarge("body is longer than the Upload-Length it declares")
     if settings.max_size and length > settings.max_size:
         raise PayloadTooLarge(f"Upload-Length exceeds the maximum of {settings.max_size} bytes")
     if record.is_partial and settings.max_size:

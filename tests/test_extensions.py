@@ -944,3 +944,57 @@ def test_gc_removes_a_final_whose_partial_expired(expiry_server: Server) -> None
     run_gc(expiry_server)
     assert tus.head(part).status_code == 404
     assert tus.head(final).status_code == 404
+
+
+# --------------------------------------------------------------------------
+# Refusals that must change nothing, and joins that must still happen
+# --------------------------------------------------------------------------
+
+
+def test_refused_length_declaration_is_not_stored(table_server: Server) -> None:
+    """PATCH declaring Upload-Length 5 with a 10-byte body → 413; the length stays deferred."""
+    tus = TusClient(table_server.endpoint)
+    url = tus.new_upload(None, headers={"Upload-Defer-Length": "1"})
+    response = tus.patch(url, 0, b"0123456789", headers={"Upload-Length": "5"})
+    assert response.status_code == 413, response.text
+    head = tus.head(url)
+    assert head.headers.get("Upload-Defer-Length") == "1"
+    assert "Upload-Length" not in head.headers
+    assert head.headers["Upload-Offset"] == "0"
+
+
+def test_deferred_creation_with_too_large_body_creates_nothing(table_server: Server) -> None:
+    """POST with Upload-Defer-Length and a body above Tus-Max-Size → 413, no upload made."""
+    tus = TusClient(table_server.endpoint)
+    uploads = table_server.data_dir / "uploads"
+    before = sorted(p.name for p in uploads.iterdir())
+    response = tus.create(headers={"Upload-Defer-Length": "1"}, data=b"x" * (MAX_SIZE + 1))
+    assert response.status_code == 413, response.text
+    assert "Location" not in response.headers
+    assert sorted(p.name for p in uploads.iterdir()) == before
+
+
+def test_final_joins_even_when_the_completing_patch_ends_in_413(table_server: Server) -> None:
+    """A chunked PATCH that overruns the last partial completes it (413) and joins the final."""
+    tus = TusClient(table_server.endpoint)
+    part = tus.new_upload(5, headers={"Upload-Concat": "partial"})
+    final = tus.create(headers={"Upload-Concat": f"final;{part}"}).headers["Location"]
+    response = tus.patch(part, 0, iter([b"hel", b"lo!!"]))  # chunked: 7 bytes for 5
+    assert response.status_code == 413, response.text
+    assert tus.offset(part) == 5
+    final_file = table_server.data_dir / "uploads" / urlsplit(final).path.rsplit("/", 1)[1]
+    assert final_file.read_bytes() == b"hello"  # joined by the PATCH itself, not by a later HEAD
+    assert tus.head(final).headers["Upload-Offset"] == "5"
+
+
+def test_final_with_a_deleted_partial_is_not_a_server_error(table_server: Server) -> None:
+    """A partial deleted before its final was joined: HEAD and GET of the final answer, no 5xx."""
+    tus = TusClient(table_server.endpoint)
+    done = tus.new_upload(3, headers={"Upload-Concat": "partial"})
+    assert tus.patch(done, 0, b"abc").status_code == 204
+    open_part = tus.new_upload(3, headers={"Upload-Concat": "partial"})
+    final = tus.create(headers={"Upload-Concat": f"final;{done} {open_part}"}).headers["Location"]
+    assert tus.delete(open_part).status_code == 204
+    head = tus.head(final)
+    assert head.status_code == 200 and "Upload-Offset" not in head.headers
+    assert tus.get(final).status_code == 404

@@ -212,7 +212,13 @@ class Registry(ABC):
         if not self.request_release(upload_id, hard=False):
             return
         deadline = time.monotonic() + (self.lock_wait if wait is None else wait)
+        next_request = time.monotonic() + REPEAT_REQUEST_SECONDS
         while time.monotonic() < deadline:
             if not self.is_locked(upload_id) or self.request_state(upload_id) == "acknowledged":
                 return
+            if time.monotonic() >= next_request:
+                # The lock may have changed hands, and a new holder starts
+                # with an empty mailbox: ask it too.
+                self.request_release(upload_id, hard=False)
+                next_request = time.monotonic() + REPEAT_REQUEST_SECONDS
             time.sleep(POLL_SECONDS)

@@ -140,10 +140,14 @@ class EmbeddedRegistry(Registry):
             os.close(fd)
             return None
         token = secrets.token_hex(16)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, token.encode(), 0)
-        with contextlib.suppress(FileNotFoundError):
-            self.mailbox_path(upload_id).unlink()
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, token.encode(), 0)
+            with contextlib.suppress(FileNotFoundError):
+                self.mailbox_path(upload_id).unlink()
+        except BaseException:
+            os.close(fd)  # drops the lock: never keep one nobody holds
+            raise
         return FileLease(self, upload_id, fd, token)
 
     def _holder_token(self, upload_id: str) -> str | None:
