@@ -57,6 +57,12 @@ def collect(
 
     for upload_id in list(store.upload_ids()):
         record = registry.get(upload_id)
+        if record is None:
+            # A sidecar the registry disowns: a deletion that crashed between
+            # forgetting the record and removing the files.
+            store.delete(upload_id)
+            report.leftovers += 1
+            continue
         if not doomed(record):
             continue
         lease = registry.try_acquire(upload_id)
@@ -64,13 +70,14 @@ def collect(
             report.locked += 1
             continue
         try:
-            if doomed(registry.get(upload_id)):
-                registry.delete(lease)
+            record = registry.get(upload_id)
+            if record is not None and doomed(record):
+                registry.forget(lease, record)
                 report.expired += 1
                 log.info("deleted expired upload %s", upload_id)
         finally:
             lease.release()
-    report.leftovers = _remove_leftovers(store, now - grace)
+    report.leftovers += _remove_leftovers(store, now - grace)
     return report
 
 

@@ -427,8 +427,8 @@ def delete(upload_id: str) -> Response:
     _require_known_id(upload_id)
     _authorize("delete", upload_id)
     _load(upload_id)
-    with _locked(upload_id) as (lease, _record):
-        services().registry.delete(lease)
+    with _locked(upload_id) as (lease, record):
+        services().registry.forget(lease, record)
     return _empty(204)
 
 

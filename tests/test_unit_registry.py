@@ -164,3 +164,45 @@ def test_redis_record_rebuilt_from_sidecar_after_flush(redis_registry: RedisRegi
     for key in registry.redis.scan_iter(registry.prefix + "*"):
         registry.redis.delete(key)
     assert registry.get(record.id) == record
+
+
+def test_forget_cleans_the_concatenation_index(registry: Registry) -> None:
+    part = _new(registry)
+    part.concat = "partial"
+    final = UploadRecord(id=new_upload_id(), length=10, concat=f"final;{part.id}", parts=[part.id])
+    registry.create(final)
+    registry.add_waiting(final.id, [part.id])
+    assert registry.waiting_finals(part.id) == [final.id]
+    lease = registry.acquire(final.id)
+    registry.forget(lease, final)
+    lease.release()
+    assert registry.waiting_finals(part.id) == []
+    other = UploadRecord(id=new_upload_id(), length=10, concat=f"final;{part.id}", parts=[part.id])
+    registry.add_waiting(other.id, [part.id])
+    lease = registry.acquire(part.id)
+    registry.forget(lease, part)
+    lease.release()
+    assert registry.waiting_finals(part.id) == []
+
+
+def test_gc_removes_files_of_a_crashed_deletion(redis_registry: RedisRegistry) -> None:
+    """Record forgotten (tombstoned) but the crash left its files: gc removes them."""
+    from resumable.gc import collect
+
+    registry = redis_registry
+    record = _new(registry)
+    lease = registry.acquire(record.id)
+    registry.scripts["delete"](
+        [
+            registry.key("lock", record.id),
+            registry.key("upload", record.id),
+            registry.key("gone", record.id),
+        ],
+        [lease.token, 60],
+    )  # the first half of a deletion, as if the process died right after it
+    lease.release()
+    assert registry.store.sidecar_path(record.id).exists()
+    report = collect(registry, registry.store)
+    assert report.leftovers >= 1
+    assert not registry.store.sidecar_path(record.id).exists()
+    assert not registry.store.data_path(record.id).exists()

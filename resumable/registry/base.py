@@ -164,6 +164,18 @@ class Registry(ABC):
     def remove_waiting(self, final_id: str, part_ids: list[str]) -> None:
         """Forget ``final_id`` in the index of each part."""
 
+    @abstractmethod
+    def drop_waiting_index(self, part_id: str) -> None:
+        """Forget which finals listed ``part_id`` (the part is gone)."""
+
+    def forget(self, lease: Lease, record: UploadRecord) -> None:
+        """Delete an upload and its entries in the concatenation index."""
+        self.delete(lease)
+        if record.is_final:
+            self.remove_waiting(record.id, record.parts)
+        elif record.is_partial:
+            self.drop_waiting_index(record.id)
+
     # -- locks -----------------------------------------------------------------
 
     @abstractmethod

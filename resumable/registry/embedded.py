@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import os
 import secrets
+import shutil
 from pathlib import Path
 
 from ..records import UploadRecord
@@ -126,6 +127,9 @@ class EmbeddedRegistry(Registry):
                 (self.waiting / part_id / final_id).unlink()
             with contextlib.suppress(OSError):
                 (self.waiting / part_id).rmdir()  # only when empty
+
+    def drop_waiting_index(self, part_id: str) -> None:
+        shutil.rmtree(self.waiting / part_id, ignore_errors=True)
 
     # -- locks -----------------------------------------------------------------
 

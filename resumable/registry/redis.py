@@ -282,6 +282,9 @@ class RedisRegistry(Registry):
                 pipe.srem(self.key("waiting", part_id), final_id)
             pipe.execute()
 
+    def drop_waiting_index(self, part_id: str) -> None:
+        self.redis.delete(self.key("waiting", part_id))
+
     # -- locks -----------------------------------------------------------------
 
     def try_acquire(self, upload_id: str) -> Lease | None:
