@@ -39,11 +39,24 @@ TUS_HEADERS = {"Tus-Resumable": "1.0.0"}
 OFFSET_STREAM = "application/offset+octet-stream"
 
 _UNITS = {
-    "": 1, "b": 1,
-    "k": 1000, "kb": 1000, "kib": KiB, "ki": KiB,
-    "m": 1000**2, "mb": 1000**2, "mib": MiB, "mi": MiB,
-    "g": 1000**3, "gb": 1000**3, "gib": GiB, "gi": GiB,
-    "t": 1000**4, "tb": 1000**4, "tib": TiB, "ti": TiB,
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": KiB,
+    "ki": KiB,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": MiB,
+    "mi": MiB,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": GiB,
+    "gi": GiB,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": TiB,
+    "ti": TiB,
 }
 
 
@@ -156,27 +169,26 @@ def proc_memory(pid: int) -> dict[str, int]:
     return result
 
 
-def _vm_rss(pid: int) -> int | None:
+def _proc_number(path: str, key: bytes) -> int | None:
+    """The first number on the ``key`` line of a /proc file; None if it is gone."""
     try:
-        with open(f"/proc/{pid}/status", "rb") as handle:
+        with open(path, "rb") as handle:
             for line in handle:
-                if line.startswith(b"VmRSS:"):
-                    return int(line.split()[1]) * KiB
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def proc_bytes_written(pid: int) -> int | None:
-    """``wchar`` of /proc/<pid>/io: bytes the process passed to write calls so far."""
-    try:
-        with open(f"/proc/{pid}/io", "rb") as handle:
-            for line in handle:
-                if line.startswith(b"wchar:"):
+                if line.startswith(key):
                     return int(line.split()[1])
     except (OSError, ValueError):
         return None
     return None
+
+
+def _vm_rss(pid: int) -> int | None:
+    kib = _proc_number(f"/proc/{pid}/status", b"VmRSS:")
+    return None if kib is None else kib * KiB
+
+
+def proc_bytes_written(pid: int) -> int | None:
+    """``wchar`` of /proc/<pid>/io: bytes the process passed to write calls so far."""
+    return _proc_number(f"/proc/{pid}/io", b"wchar:")
 
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -286,9 +298,22 @@ class RedisProcess:
             raise RuntimeError("redis-server is not on PATH (apt-get install redis-server)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         if not wait_until(self.ping, 10):
             self.stop()
@@ -330,10 +355,24 @@ class ServerProcess:
     process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
-        args = [sys.executable, "-m", "resumable", "serve", "--host", self.host,
-                "--port", str(self.port), "--data-dir", str(self.data_dir),
-                "--workers", str(self.workers), "--base-path", self.base_path,
-                "--log-level", "warning"]
+        args = [
+            sys.executable,
+            "-m",
+            "resumable",
+            "serve",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            "--workers",
+            str(self.workers),
+            "--base-path",
+            self.base_path,
+            "--log-level",
+            "warning",
+        ]
         if self.threads is not None:
             args += ["--threads", str(self.threads)]
         if self.chunk_size is not None:
@@ -379,7 +418,7 @@ class ServerProcess:
         if command == proc_cmdline(self.master_pid) or any("worker" in c for c in command):
             return "worker"
         if "resumable" in command:  # e.g. the `resumable gc` collector the master starts
-            return " ".join(command[command.index("resumable") + 1:])[:24] or "child"
+            return " ".join(command[command.index("resumable") + 1 :])[:24] or "child"
         return " ".join(command)[:24] or "child"
 
     def worker_pids(self) -> list[int]:
@@ -415,7 +454,8 @@ class ServerProcess:
 
 LOG_TROUBLE = re.compile(
     r"Traceback|ERROR|CRITICAL|WORKER TIMEOUT|Worker \(pid:\d+\) (was sent|exited)|"
-    r"Exception|Booting worker", re.IGNORECASE,
+    r"Exception|Booting worker",
+    re.IGNORECASE,
 )
 
 
@@ -430,8 +470,12 @@ def log_trouble(text: str) -> list[str]:
 
 
 def request(
-    host: str, port: int, method: str, path: str,
-    headers: dict[str, str] | None = None, timeout: float = 60,
+    host: str,
+    port: int,
+    method: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+    timeout: float = 60,
 ) -> tuple[int, dict[str, str]]:
     """One small request on its own connection; the status and headers of the answer."""
     connection = http.client.HTTPConnection(host, port, timeout=timeout)
@@ -500,7 +544,12 @@ class PatchTiming:
 
 
 def raw_patch(
-    host: str, port: int, path: str, offset: int, size: int, buffer: memoryview,
+    host: str,
+    port: int,
+    path: str,
+    offset: int,
+    size: int,
+    buffer: memoryview,
     timeout: float = 600,
 ) -> PatchTiming:
     """One PATCH with ``Content-Length: size`` whose body is ``buffer`` repeated."""
@@ -709,14 +758,7 @@ def proc_socket_count(pid: int) -> int | None:
 
 def proc_threads(pid: int) -> int | None:
     """The Threads: line of /proc/<pid>/status."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as handle:
-            for line in handle:
-                if line.startswith(b"Threads:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
+    return _proc_number(f"/proc/{pid}/status", b"Threads:")
 
 
 # --------------------------------------------------------------------------
@@ -759,7 +801,7 @@ def _chunked_end(data: bytes | bytearray, pos: int) -> int | None:
             raise HttpError(f"bad chunk size line {bytes(data[pos:line_end])!r}") from None
         pos = line_end + 2
         if size == 0:
-            if data[pos:pos + 2] == b"\r\n":
+            if data[pos : pos + 2] == b"\r\n":
                 return pos + 2
             trailers_end = data.find(b"\r\n\r\n", pos)
             return None if trailers_end < 0 else trailers_end + 4
@@ -816,8 +858,12 @@ class RawConnection:
         self.open = True
 
     def send_request(
-        self, method: str, path: str, headers: dict[str, str] | None = None,
-        body_size: int = 0, buffer: memoryview | None = None,
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str] | None = None,
+        body_size: int = 0,
+        buffer: memoryview | None = None,
     ) -> None:
         lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
         lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
@@ -841,14 +887,18 @@ class RawConnection:
             if not chunk:
                 closed = True
             self._data += chunk
-        del self._data[:parsed.end]
+        del self._data[: parsed.end]
         if not parsed.keep_alive or closed:
             self.close()
         return parsed.status, parsed.headers
 
     def request(
-        self, method: str, path: str, headers: dict[str, str] | None = None,
-        body_size: int = 0, buffer: memoryview | None = None,
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str] | None = None,
+        body_size: int = 0,
+        buffer: memoryview | None = None,
     ) -> tuple[int, dict[str, str]]:
         self.send_request(method, path, headers, body_size, buffer)
         return self.read_response(head_only=method == "HEAD")
@@ -887,8 +937,10 @@ class _SinkConnection:
 def _sink_answer(conn: _SinkConnection, port: int) -> bytes:
     end_offset = conn.offset + conn.body
     if conn.method == "POST":
-        head = (f"HTTP/1.1 201 Created\r\nLocation: http://127.0.0.1:{port}/files/sink\r\n"
-                f"Upload-Offset: {conn.body}\r\n")
+        head = (
+            f"HTTP/1.1 201 Created\r\nLocation: http://127.0.0.1:{port}/files/sink\r\n"
+            f"Upload-Offset: {conn.body}\r\n"
+        )
     elif conn.method == "PATCH":
         head = f"HTTP/1.1 204 No Content\r\nUpload-Offset: {end_offset}\r\n"
     elif conn.method == "HEAD":
@@ -967,7 +1019,7 @@ def _http_sink_main(pipe: Connection) -> None:
             length = int(headers.get("content-length", "0") or 0)
             rest = len(conn.data) - head_end - 4
             taken = min(rest, length)
-            del conn.data[:head_end + 4 + taken]
+            del conn.data[: head_end + 4 + taken]
             conn.body = taken
             conn.body_left = length - taken
 
