@@ -338,9 +338,54 @@ class RedisProcess:
                 self.process.wait(10)
 
 
+class LaunchedServer:
+    """What every server the benchmarks start has in common: readiness, log, stop.
+
+    Subclasses are dataclasses with ``process``, ``host``, ``port``,
+    ``base_path`` and ``log_path``; ``stop_grace`` is how long SIGTERM may take.
+    """
+
+    process: subprocess.Popen[bytes] | None
+    host: str
+    port: int
+    base_path: str
+    log_path: Path
+    stop_grace = 15.0
+
+    def ready(self) -> bool:
+        """Alive and answering OPTIONS on its tus endpoint."""
+        if self.process is None or self.process.poll() is not None:
+            return False
+        try:
+            status, _ = request(self.host, self.port, "OPTIONS", self.base_path, timeout=1)
+        except OSError:
+            return False
+        return status in (200, 204)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(self.stop_grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+
 @dataclass
-class ServerProcess:
+class ServerProcess(LaunchedServer):
     """``python -m resumable serve`` (gunicorn master + workers) on a free port."""
+
+    stop_grace = 40.0  # gunicorn's graceful_timeout is 30 s
 
     data_dir: Path
     log_path: Path
@@ -401,15 +446,6 @@ class ServerProcess:
             raise RuntimeError(f"gunicorn did not start {self.workers} workers:\n{self.log()}")
         return self
 
-    def ready(self) -> bool:
-        if self.process is None or self.process.poll() is not None:
-            return False
-        try:
-            status, _ = request(self.host, self.port, "OPTIONS", self.base_path, timeout=1)
-        except OSError:
-            return False
-        return status in (200, 204)
-
     def role(self, pid: int) -> str:
         """``master``, ``worker`` (a forked gunicorn worker) or what another child runs."""
         if pid == self.master_pid:
@@ -433,23 +469,6 @@ class ServerProcess:
             return []
         return [self.master_pid, *child_pids(self.master_pid)]
 
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(40)  # gunicorn's graceful_timeout is 30 s
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
 
 
 LOG_TROUBLE = re.compile(

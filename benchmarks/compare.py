@@ -127,7 +127,6 @@ import math
 import os
 import selectors
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -150,6 +149,7 @@ from benchmarks.common import (  # noqa: E402
     HttpError,
     HttpSink,
     KiB,
+    LaunchedServer,
     MiB,
     RawConnection,
     RssSampler,
@@ -223,7 +223,7 @@ class Server(Protocol):
 
 
 @dataclass
-class TusNodeProcess:
+class TusNodeProcess(LaunchedServer):
     """``node benchmarks/tus-node/server.mjs DIR PORT``: one Node process."""
 
     data_dir: Path
@@ -250,15 +250,6 @@ class TusNodeProcess:
             raise RuntimeError(f"@tus/server did not start; its log:\n{self.log()}")
         return self
 
-    def ready(self) -> bool:
-        if self.process is None or self.process.poll() is not None:
-            return False
-        try:
-            status, _ = request(self.host, self.port, "OPTIONS", self.base_path, timeout=1)
-        except OSError:
-            return False
-        return status in (200, 204)
-
     def all_pids(self) -> list[int]:
         return [] if self.process is None else [self.process.pid]
 
@@ -267,24 +258,6 @@ class TusNodeProcess:
 
     def role(self, pid: int) -> str:
         return "node"
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
 
 
 def node_trouble(text: str) -> list[str]:

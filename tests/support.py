@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
@@ -10,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import requests
@@ -305,3 +307,45 @@ def iter_chunks(data: bytes, size: int) -> Iterator[bytes]:
     view = memoryview(data)
     for start in range(0, len(data), size):
         yield bytes(view[start : start + size])
+
+
+class SizedBody:
+    """A streamed request body of known length: requests sends Content-Length."""
+
+    def __init__(self, pieces: Iterable[bytes], length: int):
+        self._pieces = pieces
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._pieces)
+
+
+def decode_metadata(header: str | None) -> dict[str, str]:
+    """Upload-Metadata as the server reports it, values decoded as UTF-8."""
+    result: dict[str, str] = {}
+    for pair in (header or "").split(","):
+        if not pair.strip():
+            continue
+        key, _, value = pair.strip().partition(" ")
+        result[key] = base64.b64decode(value).decode("utf-8")
+    return result
+
+
+def assert_finished(tus: TusClient, url: str, data: bytes) -> dict[str, str]:
+    """HEAD says complete, GET streams exactly ``data``; HEAD's headers."""
+    head = tus.head(url)
+    assert head.status_code == 200, (head.status_code, head.text)
+    assert head.headers["Upload-Offset"] == head.headers["Upload-Length"] == str(len(data))
+    response = tus.get(url, stream=True)
+    assert response.status_code == 200, (response.status_code, response.text)
+    digest = hashlib.sha256()
+    received = 0
+    for block in response.iter_content(1024 * 1024):
+        digest.update(block)
+        received += len(block)
+    assert received == len(data)
+    assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
+    return dict(head.headers)

@@ -10,8 +10,6 @@ node/npm or a failing ``npm ci`` fails the tests (they never skip).
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import http.client
 import json
 import shutil
@@ -25,7 +23,7 @@ from urllib.parse import urljoin, urlsplit
 
 import pytest
 
-from .support import Server, TusClient, pattern_bytes
+from .support import Server, TusClient, assert_finished, decode_metadata, pattern_bytes
 
 JS_DIR = Path(__file__).parent / "js"
 SCRIPT = JS_DIR / "tusjs_upload.mjs"
@@ -140,33 +138,6 @@ def run_tusjs(node: Node, **spec: object) -> dict:
 # --------------------------------------------------------------------------
 # Checks
 # --------------------------------------------------------------------------
-
-
-def decode_metadata(header: str | None) -> dict[str, str]:
-    result: dict[str, str] = {}
-    for pair in (header or "").split(","):
-        if not pair.strip():
-            continue
-        key, _, value = pair.strip().partition(" ")
-        result[key] = base64.b64decode(value).decode("utf-8")
-    return result
-
-
-def assert_finished(tus: TusClient, url: str, data: bytes) -> dict[str, str]:
-    """HEAD says complete, GET returns exactly the bytes; HEAD's headers."""
-    head = tus.head(url)
-    assert head.status_code == 200, (head.status_code, head.text)
-    assert head.headers["Upload-Offset"] == head.headers["Upload-Length"] == str(len(data))
-    response = tus.get(url, stream=True)
-    assert response.status_code == 200, (response.status_code, response.text)
-    digest = hashlib.sha256()
-    received = 0
-    for block in response.iter_content(1024 * 1024):
-        digest.update(block)
-        received += len(block)
-    assert received == len(data)
-    assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
-    return dict(head.headers)
 
 
 def write_file(tmp_path: Path, size: int, seed: int) -> tuple[Path, bytes]:

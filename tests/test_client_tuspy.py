@@ -5,7 +5,6 @@ Each upload is checked byte-exact with a GET and sha256, and through HEAD.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from importlib.metadata import version
 from pathlib import Path
@@ -17,7 +16,7 @@ from tusclient.fingerprint.fingerprint import Fingerprint
 from tusclient.storage.filestorage import FileStorage
 from tusclient.uploader import Uploader
 
-from .support import Server, TusClient, pattern_bytes
+from .support import Server, TusClient, assert_finished, decode_metadata, pattern_bytes
 
 MiB = 1024 * 1024
 CHUNK = 5 * MiB
@@ -41,32 +40,6 @@ def _report_client_version(request: pytest.FixtureRequest, capsys: pytest.Captur
             reporter.write_line(line)
         else:
             print(line)
-
-
-def decode_metadata(header: str | None) -> dict[str, str]:
-    """Upload-Metadata as the server reports it, values decoded as UTF-8."""
-    result: dict[str, str] = {}
-    for pair in (header or "").split(","):
-        if not pair.strip():
-            continue
-        key, _, value = pair.strip().partition(" ")
-        result[key] = base64.b64decode(value).decode("utf-8")
-    return result
-
-
-def assert_finished(tus: TusClient, url: str, data: bytes) -> None:
-    head = tus.head(url)
-    assert head.status_code == 200, (head.status_code, head.text)
-    assert head.headers["Upload-Offset"] == head.headers["Upload-Length"] == str(len(data))
-    response = tus.get(url, stream=True)
-    assert response.status_code == 200, (response.status_code, response.text)
-    digest = hashlib.sha256()
-    received = 0
-    for block in response.iter_content(1024 * 1024):
-        digest.update(block)
-        received += len(block)
-    assert received == len(data)
-    assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
 
 
 def write_file(tmp_path: Path, size: int, seed: int) -> tuple[Path, bytes]:

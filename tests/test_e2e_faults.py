@@ -25,7 +25,15 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from .support import OFFSET_STREAM, TUS, Server, TusClient, connection_owner, serving_workers
+from .support import (
+    OFFSET_STREAM,
+    TUS,
+    Server,
+    SizedBody,
+    TusClient,
+    connection_owner,
+    serving_workers,
+)
 
 MiB = 1 << 20
 
@@ -71,20 +79,6 @@ class Pattern:
         for chunk in self.pieces(0, end):
             digest.update(chunk)
         return digest.hexdigest()
-
-
-class SizedBody:
-    """A streamed request body with a known length: requests sends Content-Length."""
-
-    def __init__(self, pieces: Iterator[bytes], length: int):
-        self._pieces = pieces
-        self.length = length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self._pieces
 
 
 def hashed(pieces: Iterator[bytes], digest) -> Iterator[bytes]:

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from ..support import OFFSET_STREAM, TUS, Server
+from ..support import OFFSET_STREAM, TUS, Server, SizedBody
 
 MiB = 1 << 20
 PIECE = 256 * 1024
@@ -143,20 +143,6 @@ def random_buffer(seed: int, size: int) -> memoryview:
 def checksum_header(algorithm: str, data: memoryview | bytes) -> str:
     digest = hashlib.new(algorithm, data).digest()
     return f"{algorithm} {base64.b64encode(digest).decode()}"
-
-
-class SizedBody:
-    """A streamed body of known length: requests sends Content-Length."""
-
-    def __init__(self, pieces: Iterable[bytes], length: int):
-        self._pieces = pieces
-        self.length = length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._pieces)
 
 
 def upload_id(url: str) -> str:
