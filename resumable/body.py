@@ -14,6 +14,10 @@ socket (``environ["gunicorn.socket"]``) and reads the body itself:
   no allocation per chunk);
 * decoding ``Transfer-Encoding: chunked`` itself, which also hands the
   trailers to the application (gunicorn keeps them out of WSGI's reach).
+  The framing is held to RFC 9112 §7.1 and the trailers to the rules for
+  header fields, as strictly as gunicorn's own parser: a request that the
+  front door would refuse must not pass through this side door, where a
+  proxy in front may have read the same bytes differently.
 
 gunicorn has already parsed the headers and may hold the first body bytes in
 its read buffer; they are taken from there, and whatever follows the body
@@ -30,6 +34,7 @@ from __future__ import annotations
 import fcntl
 import io
 import os
+import re
 import select
 import socket
 import time
@@ -51,6 +56,26 @@ DRAIN_SECONDS = 1.0
 #: Bodies from this size on go socket → pipe → file (see SocketSource.splice_to).
 SPLICE_MIN_BYTES = 256 * 1024
 PIPE_SIZE = 1024 * 1024
+
+# The grammar of a chunk line and a trailer field (RFC 9112 §7.1, RFC 9110
+# §5.5 and §5.6). BWS is allowed only around the ";" and "=" of an extension:
+# whitespace before or after a bare size is refused, because parsers that
+# skip it and parsers that do not disagree on where a chunk ends. The
+# quantifiers are possessive: nothing here needs backtracking, and a hostile
+# line then costs one pass instead of one per way to split it.
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]++"
+_QDTEXT = rb"[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]"
+_QUOTED_PAIR = rb"\\[\t \x21-\x7e\x80-\xff]"
+_QUOTED_STRING = rb'"(?:' + _QDTEXT + rb"|" + _QUOTED_PAIR + rb')*+"'
+_BWS = rb"[ \t]*+"
+_VALUE = rb"(?:" + _TOKEN + rb"|" + _QUOTED_STRING + rb")"
+_EXTENSION = _BWS + rb";" + _BWS + _TOKEN + rb"(?:" + _BWS + rb"=" + _BWS + _VALUE + rb")?"
+#: A whole chunk line without its CRLF; more than 16 hex digits cannot be a
+#: size anyone means to send (and would not fit in 64 bits).
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:" + _EXTENSION + rb")*+")
+#: A trailer field line: no whitespace before the colon; the value's
+#: surrounding OWS is stripped afterwards (a regex doing it would backtrack).
+_FIELD_LINE = re.compile(rb"(" + _TOKEN + rb"):([\t\x20-\x7e\x80-\xff]*)")
 
 
 def _open_pipe() -> tuple[int, int, int]:
@@ -177,25 +202,37 @@ class SocketSource:
             except (ConnectionError, OSError) as error:
                 raise ClientDisconnected(str(error)) from None
 
-    def readline(self, limit: int) -> bytes:
-        """One CRLF-terminated line (without the CRLF)."""
+    def readline(self, limit: int, too_long: str = "chunked body line is too long") -> bytes:
+        """One CRLF-terminated line of at most ``limit`` bytes (without the CRLF).
+
+        The LF is looked for only within the first ``limit`` + 2 bytes, so
+        the limit holds however the line arrives: a long line that came in
+        one read is refused like one that trickles in. A bare LF is an error;
+        a bare CR stays in the line, where the caller's grammar refuses it.
+        """
+        pending = self.pending
+        stop = limit + 2  # the line, its CR and its LF
+        searched = 0
+        scratch: memoryview | None = None
         while True:
-            end = self.pending.find(b"\n")
+            end = pending.find(b"\n", searched, stop)
             if end >= 0:
-                line = bytes(self.pending[:end])
-                del self.pending[: end + 1]
-                if not line.endswith(b"\r"):
+                if end == 0 or pending[end - 1] != 0x0D:
                     raise MalformedBody("chunked body line does not end with CRLF")
-                return line[:-1]
-            if len(self.pending) > limit:
-                raise MalformedBody("chunked body line is too long")
+                line = bytes(pending[: end - 1])
+                del pending[: end + 1]
+                return line
+            if len(pending) >= stop:
+                raise MalformedBody(too_long)
+            searched = len(pending)
             # Read the socket, not the pending bytes: those are the line's
             # beginning, and handing them back would loop without end.
-            scratch = bytearray(4096)
-            n = self.recv_into(memoryview(scratch))
+            if scratch is None:
+                scratch = memoryview(bytearray(4096))
+            n = self.recv_into(scratch)
             if n == 0:
                 raise ClientDisconnected("connection closed inside a chunked body")
-            self.pending += scratch[:n]
+            pending += scratch[:n]
 
     def splice_to(self, fd: int, count: int, before_write: Callable[[], None]) -> int:
         """Move up to ``count`` bytes from the socket to ``fd``, never through Python.
@@ -360,8 +397,8 @@ class GunicornChunkedBody(_GunicornBody):
         if self.ended:
             return 0
         if self.chunk_left == 0:
-            if self.started and self.source.readline(2) != b"":
-                raise MalformedBody("chunk data is longer than its size line says")
+            if self.started:
+                self.source.readline(0, "chunk data is longer than its size line says")
             self.started = True
             self.chunk_left = self._read_chunk_size()
             if self.chunk_left == 0:
@@ -377,33 +414,55 @@ class GunicornChunkedBody(_GunicornBody):
         return n
 
     def _read_chunk_size(self) -> int:
-        line = self.source.readline(MAX_CHUNK_LINE)
-        size_text = line.split(b";", 1)[0].strip(b" \t")
-        if (
-            not size_text
-            or len(size_text) > 16
-            or any(c not in b"0123456789abcdefABCDEF" for c in size_text)
-        ):
-            raise MalformedBody("invalid chunk size")
-        return int(size_text, 16)
+        """The size of the next chunk; its extensions are checked, then ignored."""
+        line = self.source.readline(
+            MAX_CHUNK_LINE, f"chunk-size line is too long (over {MAX_CHUNK_LINE} bytes)"
+        )
+        match = _CHUNK_LINE.fullmatch(line)
+        if match is None:
+            raise MalformedBody(_chunk_line_fault(line))
+        return int(match.group(1), 16)
 
     def _read_trailers(self) -> None:
-        total = 0
+        """Trailer fields up to the empty line, MAX_TRAILERS bytes at most.
+
+        The section's lines with their CRLFs count (not the empty line that
+        ends it); each line may only use what is left, so a section over the
+        limit is refused before more of it is kept, however it is buffered.
+        """
+        used = 0
+        too_large = f"trailer section is too large (over {MAX_TRAILERS} bytes)"
         while True:
-            line = self.source.readline(MAX_TRAILERS)
+            line = self.source.readline(max(0, MAX_TRAILERS - used - 2), too_large)
             if not line:
                 return
-            total += len(line)
-            if total > MAX_TRAILERS:
-                raise MalformedBody("trailer section is too large")
-            name, sep, value = line.partition(b":")
-            if not sep or not name or name != name.strip():
-                raise MalformedBody("malformed trailer field")
-            self.trailers[name.decode("latin-1").lower()] = value.strip().decode("latin-1")
+            used += len(line) + 2
+            match = _FIELD_LINE.fullmatch(line)
+            if match is None:
+                raise MalformedBody(_field_line_fault(line))
+            name, value = match.groups()
+            self.trailers[name.decode("ascii").lower()] = value.strip(b" \t").decode("latin-1")
 
     def _mark_consumed(self) -> None:
         self.reader.parser = None
         self.reader.buf = io.BytesIO()
+
+
+def _chunk_line_fault(line: bytes) -> str:
+    """Why a chunk line that does not parse is refused (only on the error path)."""
+    digits = len(line) - len(line.lstrip(b"0123456789abcdefABCDEF"))
+    if digits > 16:
+        return "chunk size has more than 16 hex digits"
+    if digits == 0 or not line[digits:].lstrip(b" \t").startswith(b";"):
+        return "invalid chunk size"
+    return "invalid chunk extension"
+
+
+def _field_line_fault(line: bytes) -> str:
+    """Why a trailer line that does not parse is refused (only on the error path)."""
+    if line[:1] in (b" ", b"\t"):
+        return "obsolete line folding in the trailer section"
+    return "malformed trailer field"
 
 
 def _unreader_of(reader: object) -> object | None:
