@@ -4,7 +4,8 @@
 #   docker run -p 1080:1080 -v uploads:/data resumable
 #
 # Every setting is an environment variable (RESUMABLE_REDIS_URL, RESUMABLE_MAX_SIZE, ...);
-# see the Configuration section of README.md.
+# see the Configuration section of README.md. .dockerignore keeps the build context
+# to what is copied below.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -13,9 +14,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+# The dependencies at exactly the versions the test suite runs (body.py relies on
+# gunicorn's internals), checked against their hashes. A layer of their own, so a
+# change to the code does not reinstall them.
+COPY deploy/requirements.txt ./
+RUN pip install --require-hashes -r requirements.txt
+# Then the package alone (--no-deps: no dependency is resolved here); pip check
+# fails the build if the pinned versions no longer satisfy pyproject.toml.
+COPY pyproject.toml README.md LICENSE ./
 COPY resumable ./resumable
-RUN pip install . \
+RUN pip install --no-deps . \
+    && pip check \
     && rm -rf /app/build /app/*.egg-info
 
 # Run unprivileged; the data directory is owned by that user so a fresh named
