@@ -9,9 +9,10 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from .body import abandon_unread_body
-from .concat import Concatenator
+from .concat import BackgroundJoins, Concatenator
 from .cors import apply_cors
 from .demo import demo_blueprint
+from .expiry import ExpiryPolicy
 from .hooks import load_authorizer
 from .middleware import MethodOverride, TrustedProxy
 from .protocol import (
@@ -21,7 +22,7 @@ from .protocol import (
     ServiceUnavailable,
     TusError,
 )
-from .registry import LeaseLost, make_registry
+from .registry import UNAVAILABLE, LeaseLost, make_registry
 from .settings import Settings
 from .storage import FileStore
 from .transfer import Appender, BufferPool
@@ -29,27 +30,23 @@ from .views import Services, blueprint
 
 log = logging.getLogger("resumable")
 
-try:
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    REDIS_UNAVAILABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
-except ImportError:  # pragma: no cover - redis is a dependency
-    REDIS_UNAVAILABLE = ()
-
 
 def create_app(settings: Settings | None = None) -> Flask:
     """A tus server for ``settings`` (defaults and ``RESUMABLE_*`` when None)."""
     settings = settings or Settings.load()
     app = Flask(__name__)
-    store = FileStore(settings.data_dir, fsync=settings.fsync)
+    store = FileStore(settings.data_dir, fsync=settings.fsync, mode=settings.data_dir_permissions)
     registry = make_registry(settings, store)
+    expiry = ExpiryPolicy.from_settings(settings)
+    concatenator = Concatenator(registry, store, expiry, settings.max_size)
     app.extensions["resumable"] = Services(
         settings=settings,
         store=store,
         registry=registry,
-        appender=Appender(settings, registry, store, BufferPool(settings.chunk_size)),
-        concatenator=Concatenator(registry, store),
+        appender=Appender(settings, registry, store, BufferPool(settings.chunk_size), expiry),
+        concatenator=concatenator,
+        joins=BackgroundJoins(concatenator),
+        expiry=expiry,
         authorizer=load_authorizer(settings.auth_hook),
     )
     app.register_blueprint(blueprint, url_prefix=settings.base_path.rstrip("/"))
@@ -97,11 +94,16 @@ def http_error_response(error: HTTPException) -> Response:
 
 
 def unexpected_error_response(error: Exception) -> Response:
-    if REDIS_UNAVAILABLE and isinstance(error, REDIS_UNAVAILABLE):
+    if isinstance(error, UNAVAILABLE):
         log.warning("redis unavailable: %s", error)
         return error_response(ServiceUnavailable("the upload registry is unavailable; retry"))
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         return error_response(InsufficientStorage("the server's storage is full; retry later"))
+    if isinstance(error, OSError) and error.errno == errno.ELOOP:
+        # Files under the data directory are opened without following links
+        # (storage.py): a link there was planted by someone with access to it.
+        log.error("refused a symbolic link in the data directory: %s", error.filename)
+        return error_response(TusError("internal error"))
     log.exception("unexpected error")
     tus_error = TusError("internal error")
     return error_response(tus_error)

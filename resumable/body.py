@@ -37,6 +37,7 @@ import os
 import re
 import select
 import socket
+import threading
 import time
 from collections.abc import Callable
 
@@ -315,7 +316,7 @@ class _GunicornBody(RequestBody):
                 self.unreader.unread(bytes(self.source.pending))
             self._mark_consumed()
         else:
-            self.wsgi_input.failed = True
+            _give_up_connection(self.wsgi_input)
 
     def _drain(self) -> None:
         """Read and drop up to DRAIN_LIMIT bytes for DRAIN_SECONDS at most."""
@@ -503,6 +504,24 @@ def abandon_unread_body(environ: dict) -> None:
         return
     reader = stream.reader
     if isinstance(reader, LengthReader) and reader.length > DRAIN_LIMIT:
-        stream.failed = True
+        _give_up_connection(stream)
     elif isinstance(reader, ChunkedReader) and reader.parser is not None:
-        stream.failed = True
+        _give_up_connection(stream)
+
+
+#: The gunicorn request this thread serves, set by resumable's worker (worker.py).
+serving = threading.local()
+
+
+def _give_up_connection(stream: object) -> None:
+    """The body will not be read to its end: close the connection after the answer.
+
+    gunicorn closes it anyway once it sees the body failed, but only after
+    answering "Connection: keep-alive": a client that sends its next request
+    on that connection at once then gets no answer at all. Marking the
+    request makes the answer say "Connection: close".
+    """
+    stream.failed = True  # type: ignore[attr-defined]
+    request = getattr(serving, "request", None)
+    if request is not None:
+        request.must_close = True

@@ -15,13 +15,21 @@ import subprocess
 import sys
 import time
 from dataclasses import MISSING, fields
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
 from . import __version__
 from .hooks import load_authorizer
+from .registry import UNAVAILABLE, describe_registry, unreachable_reason
 from .settings import ENV_PREFIX, Settings, field_type
+from .storage import make_private_dir
+
+#: Seconds gunicorn gives running requests to finish on SIGTERM (docker-compose waits longer).
+GRACEFUL_TIMEOUT = 30
+#: The worker class behind ``--worker-class gthread``: gthread with a header deadline.
+GTHREAD_WORKER = "resumable.worker.ResumableThreadWorker"
 
 
 def add_settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -44,10 +52,10 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
             )
 
 
-def check_data_dir(path: str) -> None:
+def check_data_dir(path: str, mode: int | None = None) -> None:
     """Fail at the command line, not in every worker, when data cannot be stored."""
     try:
-        os.makedirs(path, exist_ok=True)
+        make_private_dir(Path(path), mode)
         probe = os.path.join(path, f".write-test-{os.getpid()}")
         with open(probe, "w"):
             pass
@@ -83,7 +91,7 @@ class GunicornServer(BaseApplication):
         options: dict[str, Any] = {
             "bind": f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}",
             "workers": s.workers,
-            "worker_class": s.worker_class,
+            "worker_class": GTHREAD_WORKER if s.worker_class == "gthread" else s.worker_class,
             "threads": s.threads,
             # Past this many open connections a worker stops accepting and
             # leaves new ones to the others.
@@ -91,7 +99,7 @@ class GunicornServer(BaseApplication):
             # Uploads last hours: gthread workers heartbeat from their main
             # thread, so this only catches a hung worker, never a long PATCH.
             "timeout": 60,
-            "graceful_timeout": 30,
+            "graceful_timeout": GRACEFUL_TIMEOUT,
             "keepalive": 75,
             "loglevel": s.log_level,
             "accesslog": None,
@@ -107,15 +115,27 @@ class GunicornServer(BaseApplication):
             # One control socket per user would collide between servers.
             "control_socket_disable": True,
         }
+        options["when_ready"] = self._ready
         if s.gc_interval > 0:
-            options["when_ready"] = self._start_collector
             options["on_exit"] = self._stop_collector
         for key, value in options.items():
             self.cfg.set(key, value)
 
     collector: subprocess.Popen | None = None
 
-    def _start_collector(self, _arbiter: object) -> None:
+    def _ready(self, arbiter: Any) -> None:
+        """Listening: say where, with what, and start the collector."""
+        for line in startup_lines(self.settings):
+            arbiter.log.info(line)
+        problem = unreachable_reason(self.settings)
+        if problem is not None:
+            arbiter.log.warning(
+                "Redis is unreachable (%s): requests answer 503 until it is back", problem
+            )
+        if self.settings.gc_interval > 0:
+            self._start_collector()
+
+    def _start_collector(self) -> None:
         """Run `resumable gc --every N` beside the workers, in its own process.
 
         A thread in the gunicorn master would be copied into every forked
@@ -127,6 +147,10 @@ class GunicornServer(BaseApplication):
             "resumable",
             "gc",
             "--every",
+            str(self.settings.gc_interval),
+            # The server's start-up already reports an unreachable Redis;
+            # the first collection follows one interval later.
+            "--first-after",
             str(self.settings.gc_interval),
         ]
         environment = dict(os.environ)
@@ -145,37 +169,76 @@ class GunicornServer(BaseApplication):
         return create_app(self.settings)
 
 
+def tus_url(settings: Settings) -> str:
+    """The endpoint's URL as a client on this host reaches it."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(settings.host, settings.host)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.port}{settings.base_path}"
+
+
+def startup_lines(settings: Settings) -> list[str]:
+    everywhere = " (all addresses)" if settings.host in ("0.0.0.0", "::", "") else ""
+    lines = [
+        f"resumable {__version__}: tus endpoint {tus_url(settings)}{everywhere}",
+        f"registry: {describe_registry(settings)}",
+        f"data: {settings.data_dir}",
+    ]
+    if settings.demo:
+        lines.append(f"demo page: {tus_url(settings).removesuffix(settings.base_path)}/")
+    return lines
+
+
 def serve(settings: Settings) -> int:
     GunicornServer(settings).run()
     return 0
 
 
-def collect_garbage(settings: Settings, every: float | None) -> int:
+def collect_garbage(settings: Settings, every: float | None, first_after: float = 0.0) -> int:
     """One collection, or one every ``every`` seconds until the parent server exits."""
+    from .expiry import ExpiryPolicy
     from .gc import collect
     from .registry import make_registry
     from .storage import FileStore
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s gc %(message)s")
-    store = FileStore(settings.data_dir)
+    store = FileStore(settings.data_dir, mode=settings.data_dir_permissions)
     registry = make_registry(settings, store)
+    expiry = ExpiryPolicy.from_settings(settings)
     parent = os.getppid()
+    if not every:
+        problem = unreachable_reason(settings)
+        if problem is not None:
+            print(f"resumable gc: the registry is unreachable: {problem}", file=sys.stderr)
+            return 1
+    if every and not _sleep_while_parent_lives(first_after, parent):
+        return 0
     while True:
         try:
-            report = collect(registry, store)
+            report = collect(registry, store, expiry, settings.max_size)
             if not every or report.expired or report.leftovers:
                 print(report, flush=True)
-        except Exception as error:  # noqa: BLE001 - a loop must outlive a Redis outage
+        except UNAVAILABLE as error:
+            if not every:
+                print(f"resumable gc: the registry is unreachable: {error}", file=sys.stderr)
+                return 1
+            logging.warning("garbage collection failed: the registry is unreachable: %s", error)
+        except Exception as error:  # noqa: BLE001 - a loop must outlive one failed round
             if not every:
                 raise
             logging.warning("garbage collection failed: %s", error)
-        if not every:
+        if not every or not _sleep_while_parent_lives(every, parent):
             return 0
-        deadline = time.monotonic() + every
-        while time.monotonic() < deadline:
-            if os.getppid() != parent:
-                return 0  # the server that started us is gone
-            time.sleep(min(1.0, every))
+
+
+def _sleep_while_parent_lives(seconds: float, parent: int) -> bool:
+    """Sleep; False as soon as the server that started us is gone."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if os.getppid() != parent:
+            return False
+        time.sleep(min(1.0, seconds))
+    return True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,6 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="keep running, one collection every SECONDS",
     )
+    gc_parser.add_argument(
+        "--first-after",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="with --every: wait SECONDS before the first collection",
+    )
     return parser
 
 
@@ -216,14 +286,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         settings = settings_from_args(args)
-        check_data_dir(settings.data_dir)
+        check_data_dir(settings.data_dir, settings.data_dir_permissions)
         load_authorizer(settings.auth_hook)
     except ValueError as error:
         parser.error(str(error))
     if args.command == "serve":
         return serve(settings)
     if args.command == "gc":
-        return collect_garbage(settings, args.every)
+        return collect_garbage(settings, args.every, args.first_after)
     return 2
 
 

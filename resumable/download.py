@@ -1,20 +1,30 @@
 """GET of a finished upload: streamed, with Range, and safe to open in a browser.
 
 Uploaded bytes are untrusted. A stored HTML or SVG file served inline from
-this origin would run its scripts here, so only types a browser cannot
-execute are served inline; everything else is an attachment, and
-``X-Content-Type-Options: nosniff`` stops the browser from guessing. The
-file name from the metadata is reduced to a harmless form before it goes
-into ``Content-Disposition``, with an RFC 6266 ``filename*`` for non-ASCII names.
+this origin would run its scripts here, and a stored script or style sheet
+served with its own type can be loaded by another page with ``<script src>``
+or ``<link rel=stylesheet>`` (``nosniff`` does not stop a type that is
+right). So only types a browser cannot execute keep their type and are
+served inline; every other upload is sent as ``application/octet-stream``
+and as an attachment, and ``X-Content-Type-Options: nosniff`` stops the
+browser from guessing. The file name from the metadata is reduced to a
+harmless form before it goes into ``Content-Disposition``, with an RFC 6266
+``filename*`` for non-ASCII names.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import time
 import unicodedata
+import zlib
+from typing import BinaryIO
 from urllib.parse import quote
 
-from flask import Response, send_file
+from flask import Response, request
+from werkzeug.exceptions import RequestedRangeNotSatisfiable
+from werkzeug.wsgi import wrap_file
 
 from .records import UploadRecord
 
@@ -44,13 +54,16 @@ _MEDIA_TYPE = re.compile(
 )
 
 
+OCTET_STREAM = "application/octet-stream"
+
+
 def content_type(filetype: bytes | None) -> str:
-    """The declared type when it is a well-formed media type, else octet-stream."""
+    """The declared type when a browser cannot run it (INLINE_TYPES), else octet-stream."""
     if filetype:
         text = filetype.decode("ascii", "replace").split(";", 1)[0].strip().lower()
-        if _MEDIA_TYPE.fullmatch(text):
+        if _MEDIA_TYPE.fullmatch(text) and text in INLINE_TYPES:
             return text
-    return "application/octet-stream"
+    return OCTET_STREAM
 
 
 def safe_filename(filename: bytes | None, fallback: str) -> str:
@@ -81,9 +94,12 @@ def content_disposition(disposition: str, name: str) -> str:
     return value
 
 
-def download_response(path: str, record: UploadRecord, metadata: dict[str, bytes]) -> Response:
+def download_response(
+    data: BinaryIO, record: UploadRecord, metadata: dict[str, bytes]
+) -> Response:
+    """Stream the open data file ``data`` (closed with the response), with Range and ETag."""
     mimetype = content_type(metadata.get("filetype"))
-    response = send_file(path, mimetype=mimetype, conditional=True, etag=True, max_age=0)
+    response = _file_response(data, record.id, mimetype)
     disposition = "inline" if mimetype in INLINE_TYPES else "attachment"
     name = safe_filename(metadata.get("filename"), record.id)
     response.headers["Content-Disposition"] = content_disposition(disposition, name)
@@ -92,3 +108,30 @@ def download_response(path: str, record: UploadRecord, metadata: dict[str, bytes
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
     return response
+
+
+def _file_response(data: BinaryIO, upload_id: str, mimetype: str) -> Response:
+    """A conditional, range-capable response for an already open file.
+
+    The file is opened by the store (without following links) and described
+    with ``fstat`` of that same descriptor, so what is described is what is
+    sent. The validators keep the form ``<mtime>-<size>-<checksum of the id>``.
+    """
+    try:
+        status = os.fstat(data.fileno())
+        response = Response(
+            wrap_file(request.environ, data), mimetype=mimetype, direct_passthrough=True
+        )
+        response.content_length = status.st_size
+        response.last_modified = status.st_mtime  # type: ignore[assignment]
+        response.cache_control.no_cache = True
+        response.cache_control.max_age = 0
+        response.expires = int(time.time())  # type: ignore[assignment]
+        checksum = zlib.adler32(upload_id.encode()) & 0xFFFFFFFF
+        response.set_etag(f"{status.st_mtime}-{status.st_size}-{checksum}")
+        return response.make_conditional(
+            request.environ, accept_ranges=True, complete_length=status.st_size
+        )
+    except (OSError, RequestedRangeNotSatisfiable):
+        data.close()
+        raise

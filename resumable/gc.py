@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .concat import Concatenator
+from .expiry import ExpiryPolicy
 from .protocol import is_valid_upload_id
 from .records import UploadRecord
 from .registry import Registry
@@ -42,18 +43,23 @@ class Report:
 
 
 def collect(
-    registry: Registry, store: FileStore, now: float | None = None, grace: float = GRACE_SECONDS
+    registry: Registry,
+    store: FileStore,
+    expiry: ExpiryPolicy,
+    max_size: int = 0,
+    now: float | None = None,
+    grace: float = GRACE_SECONDS,
 ) -> Report:
     now = time.time() if now is None else now
     report = Report()
-    concatenator = Concatenator(registry, store)
+    concatenator = Concatenator(registry, store, expiry, max_size)
 
     def doomed(record: UploadRecord | None) -> bool:
         if record is None:
             return False
-        if record.is_final:
+        if record.is_final and not record.is_complete:
             return concatenator.is_orphaned(record, now)
-        return record.is_expired(now)
+        return expiry.is_expired(record, now)
 
     for upload_id in list(store.upload_ids()):
         record = registry.get(upload_id)
@@ -62,6 +68,11 @@ def collect(
             # forgetting the record and removing the files.
             store.delete(upload_id)
             report.leftovers += 1
+            continue
+        if record.is_final and not record.is_complete and not doomed(record):
+            # A join lost when a process stopped: done here if nobody read
+            # the final since.
+            concatenator.complete(upload_id)
             continue
         if not doomed(record):
             continue

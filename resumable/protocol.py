@@ -179,7 +179,8 @@ def is_valid_upload_id(value: str) -> bool:
 # --------------------------------------------------------------------------
 
 _UINT = re.compile(r"[0-9]{1,19}")
-_MAX_INT64 = 2**63 - 1
+#: The largest length or offset tus allows (a signed 64-bit integer), finals included.
+MAX_UPLOAD_LENGTH = 2**63 - 1
 
 
 def parse_uint(value: str, header: str) -> int:
@@ -187,7 +188,7 @@ def parse_uint(value: str, header: str) -> int:
     if not _UINT.fullmatch(value):
         raise BadRequest(f"{header} must be a non-negative integer")
     number = int(value)
-    if number > _MAX_INT64:
+    if number > MAX_UPLOAD_LENGTH:
         raise BadRequest(f"{header} is out of range")
     return number
 

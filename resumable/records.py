@@ -13,7 +13,10 @@ class UploadRecord:
     ``length`` is None while the client defers it (creation-defer-length).
     ``metadata`` and ``concat`` are the raw request headers, kept so HEAD can
     echo them byte for byte. ``offset`` counts bytes that are in the data file
-    *and* acknowledged; the file may hold more after a crash (design.md, 1).
+    *and* acknowledged; the file may hold more after a crash (docs/architecture.md,
+    invariant 1).
+    ``expires`` and ``finished`` are timestamps read by
+    :class:`~resumable.expiry.ExpiryPolicy`, which owns the expiry rules.
     """
 
     id: str
@@ -24,14 +27,12 @@ class UploadRecord:
     parts: list[str] = field(default_factory=list)
     created: float = 0.0
     expires: float | None = None
+    #: When the upload became complete (None before, and for records older than the field).
+    finished: float | None = None
 
     @property
     def is_complete(self) -> bool:
         return self.length is not None and self.offset == self.length
-
-    def is_expired(self, now: float) -> bool:
-        """Unfinished and past its expiry; finished uploads never expire."""
-        return self.expires is not None and not self.is_complete and self.expires <= now
 
     @property
     def is_final(self) -> bool:

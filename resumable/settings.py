@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -38,7 +39,14 @@ class Settings:
         "threads per worker: the most uploads one worker streams at once (the kernel may hand "
         "one worker most connections, so each can hold them all)",
     )
-    data_dir: str = _setting("data", "directory for upload data and sidecar records")
+    data_dir: str = _setting(
+        "data",
+        "directory for upload data and sidecar records; a relative path is taken from the "
+        "working directory at start",
+    )
+    data_dir_mode: str = _setting(
+        "0700", "permissions (octal) of the data directory and its folders when they are created"
+    )
     redis_url: str | None = _setting(
         None, "Redis URL for offsets and locks shared by many hosts; unset: embedded registry"
     )
@@ -59,6 +67,14 @@ class Settings:
     read_timeout: float = _setting(
         60.0, "seconds a request body may stall before the server cuts it and keeps what came"
     )
+    min_body_rate: int = _setting(
+        500,
+        "bytes per second a request body must average over each --read-timeout window, else "
+        "it is cut like a stalled one (a trickle cannot hold a thread); 0 disables",
+    )
+    header_timeout: float = _setting(
+        30.0, "seconds a client has to send a request's headers once it started (gthread)"
+    )
     chunk_size: int = _setting(MiB, "bytes read from the socket and written at a time")
     fsync: bool = _setting(
         False, "fsync data before acknowledging it (survives power loss, costs throughput)"
@@ -66,6 +82,11 @@ class Settings:
     expiry: float = _setting(
         7 * 24 * 3600.0,
         "seconds an unfinished upload lives after its last PATCH (expiration); 0 disables",
+    )
+    finished_expiry: float = _setting(
+        0.0,
+        "seconds a finished upload (final concatenations included) is kept after it "
+        "finished; 0 keeps finished uploads until they are deleted",
     )
     gc_interval: float = _setting(
         600.0, "seconds between garbage collections run by `serve`; 0 leaves it to `resumable gc`"
@@ -87,6 +108,10 @@ class Settings:
     def __post_init__(self) -> None:
         base = "/" + self.base_path.strip("/") + "/"
         object.__setattr__(self, "base_path", base.replace("//", "/"))
+        # Resolved once, here: every layer (and the gc child process, and
+        # Flask's send_file, which resolves relative paths against the
+        # package) then sees the same absolute directory.
+        object.__setattr__(self, "data_dir", os.path.abspath(self.data_dir))
         problems = [message for check, message in self._rules() if not check]
         if problems:
             raise ValueError("; ".join(problems))
@@ -107,9 +132,15 @@ class Settings:
             (self.lock_ttl > self.heartbeat * 2, "lock_ttl must be more than twice the heartbeat"),
             (self.lock_wait >= 0, "lock_wait must not be negative"),
             (self.read_timeout > 0, "read_timeout must be positive"),
+            (self.min_body_rate >= 0, "min_body_rate must be 0 (off) or more"),
+            (self.header_timeout > 0, "header_timeout must be positive"),
+            (self.data_dir_permissions is not None, "data_dir_mode must be octal, e.g. 0700"),
             (self.commit_bytes > 0, "commit_bytes must be positive"),
             (self.commit_seconds > 0, "commit_seconds must be positive"),
-            (self.expiry >= 0 and self.gc_interval >= 0, "expiry and gc_interval must be >= 0"),
+            (
+                self.expiry >= 0 and self.finished_expiry >= 0 and self.gc_interval >= 0,
+                "expiry, finished_expiry and gc_interval must be >= 0",
+            ),
             (self.max_concat_parts >= 1, "max_concat_parts must be at least 1"),
             (self.max_metadata_size >= 1, "max_metadata_size must be at least 1"),
             (
@@ -121,6 +152,13 @@ class Settings:
                 f"log_level must be one of {', '.join(LOG_LEVELS)}",
             ),
         ]
+
+    @property
+    def data_dir_permissions(self) -> int | None:
+        """``data_dir_mode`` as a number (None when it is not octal permission bits)."""
+        if not re.fullmatch(r"0?[0-7]{3}", self.data_dir_mode.strip()):
+            return None
+        return int(self.data_dir_mode.strip(), 8)
 
     @property
     def allowed_origins(self) -> tuple[str, ...]:

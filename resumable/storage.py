@@ -2,8 +2,14 @@
 
 The sidecar (``<id>.json``) is the durable copy of the upload record. The
 embedded registry uses it as *the* record; the Redis registry rebuilds a lost
-Redis record from it (design.md, invariant 8). It is always replaced whole
+Redis record from it (docs/architecture.md, invariant 8). It is always replaced whole
 (write to a temporary file, then rename) so a reader never sees half of one.
+
+Every file under the data directory is opened with ``O_NOFOLLOW`` (new ones
+also with ``O_EXCL``): a symbolic link planted in it is refused, never
+followed to truncate or expose a file elsewhere. The directories are created
+with the configured mode (``0700`` by default), so other local users cannot
+plant anything in the first place.
 """
 
 from __future__ import annotations
@@ -14,16 +20,44 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from .protocol import InsufficientStorage, is_valid_upload_id
 from .records import UploadRecord
 
+#: Flags of every open under the data directory: no link is ever followed.
+NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+DEFAULT_MODE = 0o700
+
+
+def make_private_dir(path: Path, mode: int | None = None) -> None:
+    """Create ``path`` (and missing parents) with ``mode``; an existing one is left as it is.
+
+    ``mkdir``'s mode is masked by the umask, so it is set again explicitly
+    on the directories this call created.
+    """
+    mode = DEFAULT_MODE if mode is None else mode
+    missing = []
+    current = path
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(mode=mode)
+            os.chmod(folder, mode)
+
+
+def open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
+    return os.open(path, flags | NOFOLLOW, mode)
+
 
 class FileStore:
-    def __init__(self, root: str | os.PathLike[str], fsync: bool = False):
+    def __init__(self, root: str | os.PathLike[str], fsync: bool = False, mode: int | None = None):
         self.root = Path(root)
+        self.mode = DEFAULT_MODE if mode is None else mode
         self.uploads = self.root / "uploads"
-        self.uploads.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.uploads, self.mode)
         self.fsync = fsync
 
     # -- paths ---------------------------------------------------------------
@@ -41,8 +75,7 @@ class FileStore:
     def create_data(self, upload_id: str) -> None:
         """The empty data file of a new upload; its sidecar makes it exist later."""
         try:
-            with open(self.data_path(upload_id), "xb"):
-                pass
+            os.close(open_nofollow(self.data_path(upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL))
         except OSError as error:
             raise_if_disk_full(error)
             raise
@@ -53,12 +86,13 @@ class FileStore:
         # write into each other's temporary file.
         temporary = path.with_suffix(f".json.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
-            with open(temporary, "w", encoding="utf-8") as handle:
+            fd = open_nofollow(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            with open(fd, "w", encoding="utf-8") as handle:
                 handle.write(record.to_json())
                 if self.fsync:
                     handle.flush()
                     os.fsync(handle.fileno())
-            os.replace(temporary, path)
+            os.replace(temporary, path)  # replaces a planted link itself, never its target
         except OSError as error:
             with contextlib.suppress(OSError):
                 temporary.unlink()
@@ -67,10 +101,11 @@ class FileStore:
 
     def read_sidecar(self, upload_id: str) -> UploadRecord | None:
         try:
-            text = self.sidecar_path(upload_id).read_bytes()
+            fd = open_nofollow(self.sidecar_path(upload_id), os.O_RDONLY)
         except FileNotFoundError:
             return None
-        return UploadRecord.from_json(text)
+        with open(fd, "rb") as handle:
+            return UploadRecord.from_json(handle.read())
 
     def delete(self, upload_id: str) -> None:
         """Sidecar first: once it is gone the upload no longer exists."""
@@ -93,7 +128,7 @@ class FileStore:
         acknowledged (a crash between write and commit, or a rejected
         checksummed chunk), so it is cut off before appending.
         """
-        fd = os.open(self.data_path(upload_id), os.O_RDWR | os.O_CLOEXEC)
+        fd = open_nofollow(self.data_path(upload_id), os.O_RDWR)
         try:
             if os.fstat(fd).st_size != offset:
                 os.ftruncate(fd, offset)
@@ -102,6 +137,10 @@ class FileStore:
             os.close(fd)
             raise
         return fd
+
+    def open_for_reading(self, upload_id: str) -> BinaryIO:
+        """The data file for a download (a link in its place is refused)."""
+        return open(open_nofollow(self.data_path(upload_id), os.O_RDONLY), "rb")
 
     def concatenate(
         self,
@@ -113,33 +152,35 @@ class FileStore:
         """Replace the data of ``upload_id`` by the parts' first ``lengths`` bytes, in order.
 
         The kernel copies (``copy_file_range``, else ``sendfile``): no byte
-        passes through Python. Every part is opened before the copy starts,
-        so one deleted meanwhile still copies whole (FileNotFoundError if it
-        is already gone). ``between`` runs every COPY_PIECE bytes: the
-        caller's lease renewal, which may stop a long copy.
+        passes through Python. Parts are opened one at a time, so a join of
+        a thousand parts holds two descriptors, not a thousand (several
+        joins at once stay far below the usual limit of 1024). A part that
+        is gone raises FileNotFoundError; the caller leaves the final
+        unjoined. ``between`` runs every COPY_PIECE bytes: the caller's lease
+        renewal, which may stop a long copy.
         """
-        sources: list[int] = []
         try:
-            for part_id in part_ids:
-                sources.append(os.open(self.data_path(part_id), os.O_RDONLY | os.O_CLOEXEC))
-            with open(self.data_path(upload_id), "r+b") as target:
-                target.truncate(0)
-                out = target.fileno()
+            out = open_nofollow(self.data_path(upload_id), os.O_RDWR)
+            try:
+                os.ftruncate(out, 0)
                 position = 0
-                for source, length in zip(sources, lengths, strict=True):
-                    for start in range(0, length, COPY_PIECE):
-                        piece = min(COPY_PIECE, length - start)
-                        copy_range(source, out, piece, position, start)
-                        position += piece
-                        between()
+                for part_id, length in zip(part_ids, lengths, strict=True):
+                    source = open_nofollow(self.data_path(part_id), os.O_RDONLY)
+                    try:
+                        for start in range(0, length, COPY_PIECE):
+                            piece = min(COPY_PIECE, length - start)
+                            copy_range(source, out, piece, position, start)
+                            position += piece
+                            between()
+                    finally:
+                        os.close(source)
                 if self.fsync:
                     os.fsync(out)
+            finally:
+                os.close(out)
         except OSError as error:
             raise_if_disk_full(error)
             raise
-        finally:
-            for fd in sources:
-                os.close(fd)
 
     def size(self, upload_id: str) -> int:
         return os.stat(self.data_path(upload_id)).st_size

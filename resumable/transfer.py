@@ -7,7 +7,12 @@ renewed, release requests are read and the offset committed on a timer
 (``heartbeat``, ``commit_seconds``) or a byte count (``commit_bytes``, a
 comparison per slice).
 
-How a body ends decides what is kept (design.md, invariants 1, 4, 5):
+A body must keep moving: it is cut (``408``, bytes kept) when no byte comes
+for ``--read-timeout`` seconds, and when a window of that many seconds
+brings fewer than ``--min-body-rate`` bytes per second on average, so a
+client trickling a byte now and then cannot hold a thread for ever.
+
+How a body ends decides what is kept (docs/architecture.md, invariants 1, 4, 5):
 
 ========================  ==============================  ==========
 ending                    bytes kept                      answer
@@ -39,6 +44,7 @@ from dataclasses import dataclass
 
 from .body import ClientDisconnected, MalformedBody, RequestBody, open_body
 from .checksum import Checksum, parse_checksum
+from .expiry import ExpiryPolicy
 from .protocol import (
     BadRequest,
     ChecksumMismatch,
@@ -100,6 +106,7 @@ class Appender:
     registry: Registry
     store: FileStore
     pool: BufferPool
+    expiry: ExpiryPolicy
 
     def append(
         self,
@@ -135,6 +142,7 @@ class _Run:
         self.registry = appender.registry
         self.store = appender.store
         self.pool = appender.pool
+        self.expiry = appender.expiry
         self.lease = lease
         self.record = record
         self.checksum = checksum
@@ -146,6 +154,10 @@ class _Run:
         now = time.monotonic()
         self.last_data = now
         self.last_commit = now
+        #: The current --min-body-rate window: when it ends, and ``written`` at its start.
+        self.window_end = now + self.settings.read_timeout
+        self.window_start_written = 0
+        self.window_minimum = self.settings.min_body_rate * self.settings.read_timeout
         self.committed = 0
         self.next_heartbeat = now + lease.interval
         self.fd = -1
@@ -287,12 +299,17 @@ class _Run:
         now = time.monotonic()
         self._heartbeat(now)
         if now - self.last_data >= self.settings.read_timeout:
-            raise RequestTimeout(
-                f"no body bytes for {self.settings.read_timeout:g} s; kept what arrived"
-            )
+            self._stalled()
+
+    def _stalled(self) -> None:
+        raise RequestTimeout(
+            f"no body bytes for {self.settings.read_timeout:g} s; kept what arrived"
+        )
 
     def _heartbeat(self, now: float) -> None:
         self.next_heartbeat = now + self.lease.interval
+        if now >= self.window_end:
+            self._check_rate(now)
         state = self.lease.heartbeat()
         if state is Mailbox.LOST:
             raise LeaseLost(self.record.id)
@@ -310,17 +327,26 @@ class _Run:
         if state is Mailbox.SOFT_RELEASE:
             self.lease.acknowledge()
 
+    def _check_rate(self, now: float) -> None:
+        """At the end of a --read-timeout window: did it bring the minimum?"""
+        received = self.written - self.window_start_written
+        if received == 0 and now - self.last_data >= self.settings.read_timeout:
+            self._stalled()
+        if received < self.window_minimum:
+            raise RequestTimeout(
+                f"the body brought {received} bytes in {self.settings.read_timeout:g} s, under "
+                f"the minimum of {self.settings.min_body_rate} bytes/s; kept what arrived"
+            )
+        self.window_start_written = self.written
+        self.window_end = now + self.settings.read_timeout
+
     # -- endings -----------------------------------------------------------------
 
     def _commit(self) -> None:
         if self.settings.fsync and self.written > self.committed:
             os.fdatasync(self.fd)
         self.record.offset = self.start + self.written
-        if self.settings.expiry > 0:
-            # Sliding expiry: an upload that keeps receiving bytes never expires.
-            self.record.expires = (
-                None if self.record.is_complete else time.time() + self.settings.expiry
-            )
+        self.expiry.stamp(self.record, time.time())
         self.registry.save(self.lease, self.record)
         self.committed = self.written
         self.last_commit = time.monotonic()

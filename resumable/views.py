@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from flask import Blueprint, Response, current_app, request
 
 from .checksum import ALGORITHMS, Checksum, parse_checksum
-from .concat import Concatenator, final_length, parse_final
+from .concat import BackgroundJoins, Concatenator, final_length, parse_final
 from .download import download_response
+from .expiry import ExpiryPolicy
 from .hooks import Authorizer
 from .protocol import (
     TUS_VERSION,
@@ -32,7 +33,6 @@ from .protocol import (
     TusError,
     UnsupportedMediaType,
     check_version,
-    format_http_date,
     is_offset_stream,
     is_valid_upload_id,
     new_upload_id,
@@ -77,6 +77,8 @@ class Services:
     registry: Registry
     appender: Appender
     concatenator: Concatenator
+    joins: BackgroundJoins
+    expiry: ExpiryPolicy
     authorizer: Authorizer | None = None
 
 
@@ -151,7 +153,7 @@ def create() -> Response:
         concat="partial" if concat is not None else None,
         created=time.time(),
     )
-    record.expires = _expiry(record)
+    svc.expiry.stamp(record, record.created)
     location = upload_url(record.id)
     headers = {"Location": location}
     if has_body:
@@ -159,8 +161,7 @@ def create() -> Response:
         headers["Upload-Offset"] = str(record.offset)
     else:
         svc.registry.create(record)
-    if record.expires is not None and not record.is_complete:
-        headers["Upload-Expires"] = format_http_date(record.expires)
+    headers.update(svc.expiry.header(record))
     return _empty(201, headers=headers)
 
 
@@ -197,12 +198,12 @@ def _create_final(concat: str) -> Response:
         raise Forbidden("a final upload cannot carry data")
     raw_metadata = _metadata_header()
     part_ids = parse_final(concat, settings.base_path, settings.max_concat_parts)
-    for part_id in dict.fromkeys(part_ids):
+    for part_id in part_ids:
         _authorize("read", part_id)
     parts = svc.concatenator.load_parts(part_ids)
     length = final_length(parts)
-    if length is not None and settings.max_size and length > settings.max_size:
-        raise PayloadTooLarge(f"the parts add up to more than {settings.max_size} bytes")
+    if length is not None:
+        svc.concatenator.check_size(length)
 
     record = UploadRecord(
         id=new_upload_id(),
@@ -212,11 +213,10 @@ def _create_final(concat: str) -> Response:
         parts=part_ids,
         created=time.time(),
     )
-    # A waiting final has no expiry of its own: it lives as long as its
-    # partials, which slide theirs with every PATCH (gc removes a final
-    # whose partials are gone).
+    svc.expiry.stamp(record, record.created)
     svc.registry.create(record)
     svc.registry.add_waiting(record.id, part_ids)
+    _forget_if_a_part_vanished(record)
     try:
         svc.concatenator.complete(record.id, wait=settings.lock_wait)
     except (TusError, LeaseLost, OSError) as error:
@@ -224,6 +224,21 @@ def _create_final(concat: str) -> Response:
         # must learn its URL either way.
         log.warning("joining final upload %s failed for now: %s", record.id, error)
     return _empty(201, headers={"Location": upload_url(record.id)})
+
+
+def _forget_if_a_part_vanished(final: UploadRecord) -> None:
+    """Undo a final whose partial was deleted while it was being created.
+
+    Such a final could only wait to be collected; the client learns which
+    part is gone instead of the URL of an upload that can never complete.
+    A partial deleted later makes the final an orphan, which gc removes.
+    """
+    registry = services().registry
+    for part_id in final.parts:
+        if registry.get(part_id) is None:
+            with _locked(final.id) as (lease, record):
+                registry.forget(lease, record)
+            raise NotFound(f"partial upload {part_id} does not exist")
 
 
 def _metadata_header() -> str | None:
@@ -234,13 +249,6 @@ def _metadata_header() -> str | None:
         raise HeaderTooLarge(f"Upload-Metadata is longer than {limit} bytes")
     parse_metadata(raw)
     return raw if raw and raw.strip() else None
-
-
-def _expiry(record: UploadRecord) -> float | None:
-    expiry = services().settings.expiry
-    if expiry <= 0 or record.is_complete:
-        return None
-    return time.time() + expiry
 
 
 def _creation_length(settings: Settings) -> int | None:
@@ -281,7 +289,7 @@ def head(upload_id: str) -> Response:
     svc.registry.settle(upload_id)
     record = _load(upload_id)
     if record.is_final and not record.is_complete:
-        record = svc.concatenator.complete(upload_id) or record
+        record = svc.concatenator.complete(upload_id, wait=svc.settings.lock_wait) or record
         parts = [svc.registry.get(part_id) for part_id in record.parts]
         if record.length is None and all(part is not None for part in parts):
             record.length = final_length(parts)  # type: ignore[arg-type]
@@ -302,8 +310,7 @@ def upload_headers(record: UploadRecord) -> dict[str, str]:
         headers["Upload-Metadata"] = record.metadata
     if record.concat is not None:
         headers["Upload-Concat"] = record.concat
-    if record.expires is not None and not record.is_complete:
-        headers["Upload-Expires"] = format_http_date(record.expires)
+    headers.update(services().expiry.header(record))
     return headers
 
 
@@ -351,9 +358,9 @@ def patch(upload_id: str) -> Response:
 
 
 def _join_waiting_finals(record: UploadRecord | None) -> None:
-    """A partial just completed: join the finals that waited for it."""
+    """A partial just completed: have the finals that waited for it joined, off this request."""
     if record is not None and record.is_partial and record.is_complete:
-        services().concatenator.complete_waiting(record.id)
+        services().joins.submit(record.id)
 
 
 def _declare_length(lease: Lease, record: UploadRecord, length: int) -> None:
@@ -370,10 +377,7 @@ def _declare_length(lease: Lease, record: UploadRecord, length: int) -> None:
         raise PayloadTooLarge("body is longer than the Upload-Length it declares")
     if settings.max_size and length > settings.max_size:
         raise PayloadTooLarge(f"Upload-Length exceeds the maximum of {settings.max_size} bytes")
-    if record.is_partial and settings.max_size:
-        services().concatenator.check_final_sizes(record.id, length, settings.max_size)
-    record.length = length
-    services().registry.save(lease, record)
+    services().concatenator.save_length(lease, record, length)
 
 
 def _checksum_headers() -> tuple[Checksum | None, bool]:
@@ -411,10 +415,7 @@ def _append(
 
 
 def _after_append_headers(record: UploadRecord) -> dict[str, str]:
-    headers = {"Upload-Offset": str(record.offset)}
-    if record.expires is not None and not record.is_complete:
-        headers["Upload-Expires"] = format_http_date(record.expires)
-    return headers
+    return {"Upload-Offset": str(record.offset), **services().expiry.header(record)}
 
 
 # --------------------------------------------------------------------------
@@ -441,11 +442,11 @@ def download(upload_id: str) -> Response:
     svc = services()
     record = _load(upload_id)
     if record.is_final and not record.is_complete:
-        record = svc.concatenator.complete(upload_id) or record
+        record = svc.concatenator.complete(upload_id, wait=svc.settings.lock_wait) or record
     if not record.is_complete:
         raise NotFound("upload is not complete yet; HEAD tells how far it is")
     metadata = parse_metadata(record.metadata)
-    return download_response(str(svc.store.data_path(upload_id)), record, metadata)
+    return download_response(svc.store.open_for_reading(upload_id), record, metadata)
 
 
 # --------------------------------------------------------------------------
@@ -469,7 +470,9 @@ def _load(upload_id: str) -> UploadRecord:
     record = services().registry.get(upload_id)
     if record is None:
         raise NotFound("no such upload")
-    if record.is_expired(time.time()):
+    if services().expiry.is_expired(record, time.time()):
+        if record.is_complete:
+            raise Gone("upload expired: finished uploads are kept for a limited time here")
         raise Gone("upload expired before it was finished")
     return record
 

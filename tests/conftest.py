@@ -20,15 +20,35 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture(scope="session")
 def start_server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
-    """Factory: start_server(backend, **settings) -> running Server, stopped at the end."""
+    """Factory: start_server(backend, **settings) -> running Server, stopped at the end.
+
+    ``default_data_dir=True`` runs it from a fresh working directory with the
+    default, relative data directory.
+    """
     started: list[Server] = []
 
-    def start(backend: str, workers: int = 2, **settings: object) -> Server:
+    def start(
+        backend: str,
+        workers: int = 2,
+        default_data_dir: bool = False,
+        nofile: int | None = None,
+        **settings: object,
+    ) -> Server:
         redis_url = None
         if backend == "redis":
             redis_url = request.getfixturevalue("redis_server").url
-        data_dir = tmp_path_factory.mktemp(f"data-{backend}")
-        server = Server(data_dir, redis_url=redis_url, workers=workers, **settings).start()
+        if default_data_dir:
+            data_dir = tmp_path_factory.mktemp(f"workdir-{backend}") / "data"
+        else:
+            data_dir = tmp_path_factory.mktemp(f"data-{backend}")
+        server = Server(
+            data_dir,
+            redis_url=redis_url,
+            workers=workers,
+            default_data_dir=default_data_dir,
+            nofile=nofile,
+            **settings,
+        ).start()
         started.append(server)
         return server
 

@@ -6,6 +6,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -88,12 +89,28 @@ class RedisServer:
 
 
 class Server:
-    """``resumable serve`` (gunicorn) as a child process on a free port."""
+    """``resumable serve`` (gunicorn) as a child process on a free port.
+
+    With ``default_data_dir`` the server runs in ``data_dir``'s parent without
+    ``--data-dir``, so it uses the default relative ``data`` directory, as a
+    user's first ``resumable serve`` does (``data_dir`` must then be named so).
+    """
 
     def __init__(
-        self, data_dir: Path, redis_url: str | None = None, workers: int = 2, **settings: object
+        self,
+        data_dir: Path,
+        redis_url: str | None = None,
+        workers: int = 2,
+        default_data_dir: bool = False,
+        nofile: int | None = None,
+        **settings: object,
     ):
+        if default_data_dir and data_dir.name != "data":
+            raise ValueError("the default data dir is called 'data'")
         self.data_dir = data_dir
+        self.default_data_dir = default_data_dir
+        #: A lower soft limit on open descriptors for the server's processes.
+        self.nofile = nofile
         self.port = free_port()
         self.redis_url = redis_url
         self.workers = workers
@@ -120,8 +137,7 @@ class Server:
             "127.0.0.1",
             "--port",
             str(self.port),
-            "--data-dir",
-            str(self.data_dir),
+            *([] if self.default_data_dir else ["--data-dir", str(self.data_dir)]),
             "--workers",
             str(self.workers),
             "--log-level",
@@ -143,7 +159,12 @@ class Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            self.command(), stdout=log, stderr=log, start_new_session=True
+            self.command(),
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            cwd=self.data_dir.parent if self.default_data_dir else None,
+            preexec_fn=self._limit_descriptors if self.nofile else None,
         )
         log.close()
         if not wait_until(self.ready, 20, 0.1):
@@ -151,6 +172,10 @@ class Server:
             raise RuntimeError(f"server did not start:\n{self.log()}")
         wait_until(lambda: len(self.worker_pids()) >= self.workers, 10)
         return self
+
+    def _limit_descriptors(self) -> None:
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, hard))
 
     def ready(self) -> bool:
         if self.process and self.process.poll() is not None:

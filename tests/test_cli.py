@@ -13,11 +13,13 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import requests
 
-from resumable.cli import build_parser, settings_from_args
+from resumable.cli import build_parser, settings_environment, settings_from_args
 from resumable.settings import ENV_PREFIX, Settings
 
 from .support import free_port
@@ -272,3 +274,96 @@ def test_readme_lists_the_offered_extensions() -> None:
     section = readme_section("Supported extensions")
     offered = set(re.findall(r"^[-*] `([a-z-]+)`", section, re.M))
     assert offered == set(EXTENSIONS), (sorted(offered), EXTENSIONS)
+
+
+# --------------------------------------------------------------------------
+# Paths, and what serve and gc say at start
+# --------------------------------------------------------------------------
+
+
+def test_relative_data_dir_is_resolved_once(
+    no_settings_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Every layer (and the gc child) must see one absolute path, not a relative one."""
+    no_settings_env.chdir(tmp_path)
+    assert parse().data_dir == str(tmp_path / "data")
+    assert parse("--data-dir", "uploads/../store").data_dir == str(tmp_path / "store")
+    no_settings_env.setenv("RESUMABLE_DATA_DIR", "elsewhere")
+    settings = parse()
+    assert settings.data_dir == str(tmp_path / "elsewhere")
+    no_settings_env.chdir(ROOT)  # what a child process started later would see
+    child = Settings.load(environ=settings_environment(settings))
+    assert child.data_dir == str(tmp_path / "elsewhere")
+
+
+def test_data_dir_mode_must_be_octal() -> None:
+    assert Settings(data_dir_mode="0750").data_dir_permissions == 0o750
+    assert Settings(data_dir_mode="750").data_dir_permissions == 0o750
+    for bad in ("0800", "rwx", "07777", ""):
+        with pytest.raises(ValueError, match="data_dir_mode"):
+            Settings(data_dir_mode=bad)
+
+
+def serve_until_ready(*args: str, env: dict[str, str], cwd: Path) -> tuple[str, int]:
+    """Start ``resumable serve``, wait until it answers, stop it: its log and port."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "resumable", "serve", "--port", str(port), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    statuses = []
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                options = requests.options(f"http://127.0.0.1:{port}/files/", timeout=1)
+                create = requests.post(
+                    f"http://127.0.0.1:{port}/files/",
+                    headers={"Tus-Resumable": "1.0.0", "Upload-Length": "1"},
+                    timeout=10,
+                )
+                statuses = [options.status_code, create.status_code, create.text]
+                break
+            except requests.RequestException:
+                time.sleep(0.1)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert statuses, output
+    return output, statuses
+
+
+def test_serve_says_where_it_listens_what_registry_and_where_the_data_is(tmp_path: Path) -> None:
+    output, statuses = serve_until_ready(env=clean_environment(), cwd=tmp_path)
+    assert statuses[:2] == [204, 201], (statuses, output)
+    assert re.search(r"tus endpoint http://127\.0\.0\.1:\d+/files/", output), output
+    assert "registry: embedded" in output, output
+    assert f"data: {tmp_path / 'data'}" in output, output
+
+
+def test_serve_with_redis_down_warns_once_and_answers_503(tmp_path: Path) -> None:
+    url = f"redis://:secret@127.0.0.1:{free_port()}/0"  # nothing listens there
+    output, statuses = serve_until_ready("--redis-url", url, env=clean_environment(), cwd=tmp_path)
+    warnings = [line for line in output.splitlines() if "unreachable" in line]
+    assert len(warnings) == 1, output
+    assert "503" in warnings[0], warnings
+    assert "registry: Redis at redis://:***@127.0.0.1" in output, output
+    assert "secret" not in output
+    assert "Traceback" not in output, output
+    assert statuses[0] == 204 and statuses[1] == 503, (statuses, output)
+
+
+def test_gc_with_redis_down_is_one_line(tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    result = run_cli("gc", "--redis-url", url, "--data-dir", str(tmp_path))
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("resumable gc: the registry is unreachable"), (
+        result.stderr
+    )

@@ -9,6 +9,7 @@ under the test's tmp dir and to bench-results/demo-page.png.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 from pathlib import Path
@@ -32,7 +33,8 @@ def kit() -> BrowserKit:
 
 @pytest.fixture(scope="module")
 def demo_server(start_server) -> Server:
-    return start_server("embedded", demo=True)
+    """As a user starts it: from a fresh directory, with the default relative data dir."""
+    return start_server("embedded", demo=True, default_data_dir=True)
 
 
 def test_demo_page_uploads_pauses_resumes_and_shows_status(
@@ -88,6 +90,19 @@ def test_demo_page_uploads_pauses_resumes_and_shows_status(
         assert download.status_code == 200
         assert download.content == data, name
     assert outcome["headStatuses"] == [200], outcome["headStatuses"]
+
+    # Each row's link, followed from the page, downloads the file.
+    links = {link["name"]: link for link in outcome["links"]}
+    assert set(links) == set(contents)
+    for name, data in contents.items():
+        link = links[name]
+        assert link["href"] == rows[name]["url"], link
+        assert link["status"] == 200, link
+        assert link["size"] == len(data), link
+        assert link["sha256"] == hashlib.sha256(data).hexdigest(), link
+    assert links["notes.txt"]["type"] == "text/plain; charset=utf-8"
+    assert links["holiday-video.bin"]["type"] == "application/octet-stream"
+    assert (demo_server.data_dir / "uploads").is_dir()  # ./data of its working directory
 
     # The page remembers the uploads in localStorage.
     assert {item["url"] for item in outcome["stored"]} == {row["url"] for row in rows.values()}

@@ -13,6 +13,7 @@ import fakeredis
 import pytest
 import redis
 
+from resumable.expiry import ExpiryPolicy
 from resumable.protocol import Locked, new_upload_id
 from resumable.records import UploadRecord
 from resumable.registry import LeaseLost, Mailbox, Registry
@@ -202,7 +203,7 @@ def test_gc_removes_files_of_a_crashed_deletion(redis_registry: RedisRegistry) -
     )  # the first half of a deletion, as if the process died right after it
     lease.release()
     assert registry.store.sidecar_path(record.id).exists()
-    report = collect(registry, registry.store)
+    report = collect(registry, registry.store, ExpiryPolicy(unfinished=3600, finished=0))
     assert report.leftovers >= 1
     assert not registry.store.sidecar_path(record.id).exists()
     assert not registry.store.data_path(record.id).exists()

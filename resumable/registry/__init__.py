@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from ..settings import Settings
 from ..storage import FileStore
 from .base import Lease, LeaseLost, Mailbox, Registry
 
-__all__ = ["Lease", "LeaseLost", "Mailbox", "Registry", "make_registry"]
+__all__ = ["UNAVAILABLE", "Lease", "LeaseLost", "Mailbox", "Registry", "make_registry"]
+
+#: What a registry raises while its backend cannot be reached (the app answers 503).
+UNAVAILABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
 
 
 def make_registry(settings: Settings, store: FileStore) -> Registry:
@@ -25,3 +31,28 @@ def make_registry(settings: Settings, store: FileStore) -> Registry:
     from .embedded import EmbeddedRegistry
 
     return EmbeddedRegistry(store, settings.lock_ttl, settings.lock_wait, settings.heartbeat)
+
+
+def describe_registry(settings: Settings) -> str:
+    """The registry a server with ``settings`` uses, for its start-up message."""
+    if settings.redis_url:
+        from .redis import redacted
+
+        return f"Redis at {redacted(settings.redis_url)}"
+    return "embedded (files and flock locks; one host)"
+
+
+def unreachable_reason(settings: Settings) -> str | None:
+    """Why the configured Redis cannot be reached now, or None (also for the embedded one)."""
+    if not settings.redis_url:
+        return None
+    from .redis import connect
+
+    client = connect(settings.redis_url)
+    try:
+        client.ping()
+    except UNAVAILABLE as error:
+        return str(error)
+    finally:
+        client.close()
+    return None

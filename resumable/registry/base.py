@@ -1,6 +1,6 @@
 """What every registry backend provides: records, offsets, locks, release requests.
 
-The lock protocol (design.md, invariants 2 and 3):
+The lock protocol (docs/architecture.md, invariants 2 and 3):
 
 * A writer (PATCH, DELETE, concatenation) *acquires* the upload's lock. If it
   is held, the newcomer posts a **hard** release request and waits up to

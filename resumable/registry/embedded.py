@@ -6,7 +6,8 @@ they exclude threads of one process as well as other processes, and the
 kernel drops them when a worker dies, however it dies. The holder writes its
 token into the lock file; release requests are a small mailbox file
 ``locks/<id>.release`` holding ``hard:<token>``, ``soft:<token>`` or
-``ack:<token>``, replaced atomically.
+``ack:<token>``, replaced atomically. Like every file under the data
+directory, these are opened without following links (see storage.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import shutil
 from pathlib import Path
 
 from ..records import UploadRecord
-from ..storage import FileStore
+from ..storage import FileStore, make_private_dir, open_nofollow
 from .base import Lease, LeaseLost, Mailbox, Registry
 
 LOCAL_CHECK_SECONDS = 0.05
@@ -66,7 +67,7 @@ class EmbeddedRegistry(Registry):
         # mailbox: cheap enough to do often.
         self.check_interval = min(heartbeat, LOCAL_CHECK_SECONDS)
         self.locks = Path(store.root) / "locks"
-        self.locks.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.locks, store.mode)
         self.waiting = Path(store.root) / "waiting"
 
     def lock_path(self, upload_id: str) -> Path:
@@ -76,15 +77,16 @@ class EmbeddedRegistry(Registry):
         return self.locks / f"{upload_id}.release"
 
     def read_mailbox(self, upload_id: str) -> str | None:
-        try:
-            return self.mailbox_path(upload_id).read_text()
-        except FileNotFoundError:
-            return None
+        return _read_small(self.mailbox_path(upload_id))
 
     def write_mailbox(self, upload_id: str, value: str) -> None:
         path = self.mailbox_path(upload_id)
         temporary = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-        temporary.write_text(value)
+        fd = open_nofollow(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
         os.replace(temporary, path)
 
     # -- records ---------------------------------------------------------------
@@ -111,9 +113,26 @@ class EmbeddedRegistry(Registry):
 
     def add_waiting(self, final_id: str, part_ids: list[str]) -> None:
         for part_id in set(part_ids):
-            folder = self.waiting / part_id
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / final_id).touch()
+            self._add_marker(self.waiting / part_id, final_id)
+
+    def _add_marker(self, folder: Path, final_id: str) -> None:
+        """Create ``folder/final_id``, whatever removes an empty ``folder`` meanwhile.
+
+        ``remove_waiting`` removes a part's folder once it is empty, and a
+        deleted part's folder goes with it: either can happen between our
+        ``mkdir`` and the marker's creation. Trying again is safe, as both
+        steps are idempotent; a part deleted for good leaves a marker nobody
+        reads, and gc removes the final that waits for it.
+        """
+        for _attempt in range(100):
+            try:
+                make_private_dir(folder, self.store.mode)
+                fd = open_nofollow(folder / final_id, os.O_WRONLY | os.O_CREAT)
+            except FileNotFoundError:
+                continue  # the folder was removed under us
+            os.close(fd)
+            return
+        raise OSError(f"could not index final {final_id} under {folder.name}")
 
     def waiting_finals(self, part_id: str) -> list[str]:
         try:
@@ -134,7 +153,7 @@ class EmbeddedRegistry(Registry):
     # -- locks -----------------------------------------------------------------
 
     def _open_lock(self, upload_id: str) -> int:
-        return os.open(self.lock_path(upload_id), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        return open_nofollow(self.lock_path(upload_id), os.O_RDWR | os.O_CREAT)
 
     def try_acquire(self, upload_id: str) -> Lease | None:
         fd = self._open_lock(upload_id)
@@ -158,10 +177,7 @@ class EmbeddedRegistry(Registry):
         """The holder's token, or None when nobody holds the lock."""
         if not self.is_locked(upload_id):
             return None
-        try:
-            return self.lock_path(upload_id).read_text() or None
-        except FileNotFoundError:
-            return None
+        return _read_small(self.lock_path(upload_id)) or None
 
     def request_release(self, upload_id: str, hard: bool) -> bool:
         token = self._holder_token(upload_id)
@@ -179,7 +195,7 @@ class EmbeddedRegistry(Registry):
 
     def is_locked(self, upload_id: str) -> bool:
         try:
-            fd = os.open(self.lock_path(upload_id), os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_nofollow(self.lock_path(upload_id), os.O_RDONLY)
         except FileNotFoundError:
             return False
         try:
@@ -189,3 +205,15 @@ class EmbeddedRegistry(Registry):
         finally:
             os.close(fd)  # closing drops a lock we may just have taken
         return False
+
+
+def _read_small(path: Path) -> str | None:
+    """A lock or mailbox file's text, None when it does not exist."""
+    try:
+        fd = open_nofollow(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        return os.read(fd, 256).decode()
+    finally:
+        os.close(fd)

@@ -3,7 +3,7 @@
 Keys (all under the configured prefix):
 
 * ``upload:<id>`` – hash: ``offset``, ``length`` ('' while deferred),
-  ``expires`` and ``meta`` (JSON of the fields that never change);
+  ``expires``, ``finished`` and ``meta`` (JSON of the fields that never change);
 * ``lock:<id>`` – the holder's random token, with a TTL the holder renews;
 * ``release:<id>`` – the mailbox: ``hard:<token>``, ``soft:<token>`` or
   ``ack:<token>`` (see :mod:`resumable.registry.base`);
@@ -13,7 +13,7 @@ Keys (all under the configured prefix):
 Every step that must see the lock and act on it at once is a Lua script, so
 no other client can slip in between the check and the change. The sidecar
 file is written after each successful commit; if Redis loses its data the
-record is rebuilt from it (design.md, invariant 8).
+record is rebuilt from it (docs/architecture.md, invariant 8).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
@@ -80,7 +81,8 @@ return 0
 SAVE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
-redis.call('HSET', KEYS[2], 'offset', ARGV[2], 'length', ARGV[3], 'expires', ARGV[4])
+redis.call('HSET', KEYS[2], 'offset', ARGV[2], 'length', ARGV[3], 'expires', ARGV[4],
+           'finished', ARGV[5])
 return 1
 """
 
@@ -95,7 +97,7 @@ REBUILD = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'offset', ARGV[1], 'length', ARGV[2], 'expires', ARGV[3],
-           'meta', ARGV[4])
+           'finished', ARGV[4], 'meta', ARGV[5])
 return 1
 """
 
@@ -118,6 +120,7 @@ def _hash_fields(record: UploadRecord) -> dict[str, str]:
         "offset": str(record.offset),
         "length": _optional(record.length),
         "expires": _optional(record.expires),
+        "finished": _optional(record.finished),
         "meta": json.dumps(meta, separators=(",", ":")),
     }
 
@@ -126,6 +129,7 @@ def _from_hash(fields: dict[bytes, bytes]) -> UploadRecord:
     meta = json.loads(fields[b"meta"])
     length = fields.get(b"length", b"")
     expires = fields.get(b"expires", b"")
+    finished = fields.get(b"finished", b"")
     return UploadRecord(
         id=meta["id"],
         length=int(length) if length else None,
@@ -135,6 +139,7 @@ def _from_hash(fields: dict[bytes, bytes]) -> UploadRecord:
         parts=list(meta.get("parts") or []),
         created=float(meta.get("created") or 0.0),
         expires=float(expires) if expires else None,
+        finished=float(finished) if finished else None,
     )
 
 
@@ -177,6 +182,15 @@ class RedisLease(Lease):
         if not self.released:
             self.released = True
             self.registry.scripts["release"](self.keys(), [self.token])
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def connect(url: str) -> redis.Redis:
@@ -233,7 +247,13 @@ class RedisRegistry(Registry):
         values = _hash_fields(sidecar)
         rebuilt = self.scripts["rebuild"](
             [self.key("upload", upload_id), self.key("gone", upload_id)],
-            [values["offset"], values["length"], values["expires"], values["meta"]],
+            [
+                values["offset"],
+                values["length"],
+                values["expires"],
+                values["finished"],
+                values["meta"],
+            ],
         )
         if rebuilt:
             return sidecar
@@ -244,7 +264,13 @@ class RedisRegistry(Registry):
         assert isinstance(lease, RedisLease)
         saved = self.scripts["save"](
             [self.key("lock", record.id), self.key("upload", record.id)],
-            [lease.token, record.offset, _optional(record.length), _optional(record.expires)],
+            [
+                lease.token,
+                record.offset,
+                _optional(record.length),
+                _optional(record.expires),
+                _optional(record.finished),
+            ],
         )
         if not saved:
             raise LeaseLost(f"lost the lock on {record.id}")

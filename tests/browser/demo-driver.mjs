@@ -93,10 +93,27 @@ await runDriver(async ({ page, context }) => {
   )
   steps.push('table: all complete')
   const table = await page.evaluate(readTable)
+  // Follow each row's link the way the page offers it: the href of its <a>.
+  const links = await page.evaluate(async () => Promise.all(
+    Array.from(document.querySelectorAll('#uploads tbody tr')).map(async (row) => {
+      const link = row.querySelector('td.url a')
+      const response = await fetch(link.href)
+      const body = new Uint8Array(await response.arrayBuffer())
+      const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', body))
+      return {
+        name: row.querySelector('td.name').textContent,
+        href: link.href,
+        status: response.status,
+        size: body.length,
+        sha256: Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join(''),
+        type: response.headers.get('content-type'),
+      }
+    })))
+  steps.push('followed the table\'s links')
   const stored = await page.evaluate(() => JSON.parse(window.localStorage.getItem('resumable.demo.uploads') || '[]'))
   const uppyFiles = await page.evaluate(() => Object.values(window.resumableDemo.uppy.getState().files)
     .map((f) => ({ name: f.name, size: f.size, uploadURL: f.response?.uploadURL ?? null, error: f.error ?? null })))
   await page.screenshot({ path: opts.screenshot, fullPage: true })
   steps.push('screenshot')
-  return { steps, table, midway, stored, uppyFiles, heads: heads.length, headStatuses: [...new Set(heads.map((h) => h.status))] }
+  return { steps, table, links, midway, stored, uppyFiles, heads: heads.length, headStatuses: [...new Set(heads.map((h) => h.status))] }
 })

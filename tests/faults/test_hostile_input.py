@@ -264,7 +264,7 @@ class Witnesses:
             url = tus.new_upload(10, headers={"Upload-Concat": "partial"}, data=b"op")
         else:
             part = f"{BASE}{self.ids['partial']}"
-            url = tus.new_upload(None, headers={"Upload-Concat": f"final;{part} {part}"})
+            url = tus.new_upload(None, headers={"Upload-Concat": f"final;{part}"})
         self.ids[role] = upload_id(url)
 
     def snapshot(self) -> Snapshot:
@@ -460,6 +460,7 @@ SCENARIOS: tuple[tuple[bytes, bytes, tuple[tuple[bytes, bytes], ...], bytes], ..
     ),
     (b"POST", b"/files/", (TR, (b"Upload-Defer-Length", b"1")), b""),
     (b"POST", b"/files/", (TR, (b"Upload-Concat", b"partial"), (b"Upload-Length", b"3")), b""),
+    (b"POST", b"/files/", (TR, (b"Upload-Concat", b"final;@PART@")), b""),
     (b"POST", b"/files/", (TR, (b"Upload-Concat", b"final;@PART@ @PART@")), b""),
     (b"PATCH", b"/files/@ID@", (TR, CT, (b"Upload-Offset", b"@OFF@")), b"xy"),
     (
@@ -1025,7 +1026,11 @@ def test_final_with_too_many_parts(server: Server, limits_server: Server, backen
         if limit == LIMIT_CONCAT_PARTS:
             value = "final;" + " ".join([part] * 5000)  # 165 KB: gunicorn's limit first
             tally.refused(target, create_raw, target, [("Upload-Concat", value)])
-            at_limit = create_raw(target, [("Upload-Concat", "final;" + " ".join([part] * limit))])
+            distinct = [
+                upload_id(tus.new_upload(1, headers={"Upload-Concat": "partial"}, data=b"a"))
+                for _ in range(limit)
+            ]
+            at_limit = create_raw(target, [("Upload-Concat", "final;" + " ".join(distinct))])
             tally.accepted(at_limit)
             assert at_limit.status == 201, (at_limit.status, at_limit.body)
             head = tus.head(at_limit.get("location"))
@@ -1171,6 +1176,15 @@ ACTIVE_CONTENT = [
     (b"text/xml", "x.xml", SVG, "attachment"),
     (b"application/xml", "x.xml", SVG, "attachment"),
     (b"text/javascript", "x.js", b"alert(1)", "attachment"),
+    # Loadable by another page with <script src> or <link rel=stylesheet>
+    # when served with their own type, nosniff or not.
+    (b"application/javascript", "x.js", b"alert(1)", "attachment"),
+    (b"text/ecmascript", "x.js", b"alert(1)", "attachment"),
+    (b"application/x-javascript", "x.js", b"alert(1)", "attachment"),
+    (b"TEXT/JAVASCRIPT; charset=utf-8", "x.mjs", b"alert(1)", "attachment"),
+    (b"text/css", "x.css", b"body{background:url(//evil.example/)}", "attachment"),
+    (b"application/json", "x.json", b'{"a": 1}', "attachment"),
+    (b"application/wasm", "x.wasm", b"\x00asm", "attachment"),
     (b"application/pdf", "x.pdf", b"%PDF-1.4", "attachment"),
     (b"multipart/x-mixed-replace; boundary=x", "x", HTML, "attachment"),
     (b"text/html\x00image/png", "page.html", HTML, "attachment"),
@@ -1189,8 +1203,9 @@ ACTIVE_CONTENT = [
 
 
 def test_download_active_content_never_inline(server: Server, backend: str) -> None:
-    """HTML, SVG and other active types, also under lying or malformed filetypes,
-    download as attachments with nosniff and a sandboxing CSP (whole file and Range)."""
+    """HTML, SVG, scripts, style sheets and every other type outside the inline list,
+    also under lying or malformed filetypes, download as application/octet-stream
+    attachments with nosniff and a sandboxing CSP (whole file and Range)."""
     tally = Tally(f"downloads of active content [{backend}]")
     problems: list[str] = []
     for filetype, filename, body, disposition in ACTIVE_CONTENT:
@@ -1209,6 +1224,8 @@ def test_download_active_content_never_inline(server: Server, backend: str) -> N
             media = (response.get("content-type") or "").split(";")[0].strip().lower()
             if kind != disposition:
                 problems.append(f"{case}: {kind}, expected {disposition}")
+            if kind == "attachment" and media != "application/octet-stream":
+                problems.append(f"{case}: attachment served as {media}, not octet-stream")
             if kind == "inline" and media not in SAFE_INLINE:
                 problems.append(f"{case}: {media} served inline")
             if (
@@ -1458,7 +1475,7 @@ def test_auth_refused_requests_change_nothing(hooked: Hooked, backend: str) -> N
         ("POST", BASE, [("Upload-Length", "5")], b""),
         ("POST", BASE, [("Upload-Length", "5"), ("Content-Type", OFFSET_STREAM)], b"hello"),
         ("POST", BASE, [("Upload-Defer-Length", "1")], b""),
-        ("POST", BASE, [("Upload-Concat", f"final;{part_path} {part_path}")], b""),
+        ("POST", BASE, [("Upload-Concat", f"final;{part_path}")], b""),
         ("PATCH", path, patch, b"world"),
         ("PATCH", path, [*patch, ("Upload-Length", "10")], b""),
         ("PATCH", unknown, [("Content-Type", OFFSET_STREAM), ("Upload-Offset", "0")], b"x"),
@@ -1587,7 +1604,7 @@ def test_auth_right_token_and_action_names(hooked: Hooked, backend: str) -> None
         headers = [("Upload-Concat", "partial"), ("Upload-Length", "2"), *patch]
         response = step("POST", BASE, headers, data, 201, ("create", "-", "POST"))
         parts.append(upload_id(response.get("location") or ""))
-    listed = f"final;{BASE}{parts[0]} {BASE}{parts[1]} {BASE}{parts[0]}"
+    listed = f"final;{BASE}{parts[1]} {BASE}{parts[0]}"
     final = step(
         "POST",
         BASE,
@@ -1595,13 +1612,13 @@ def test_auth_right_token_and_action_names(hooked: Hooked, backend: str) -> None
         b"",
         201,
         ("create", "-", "POST"),
-        ("read", parts[0], "POST"),
         ("read", parts[1], "POST"),
+        ("read", parts[0], "POST"),
     )
     final_id = upload_id(final.get("location") or "")
     final_path = BASE + final_id
     step("HEAD", final_path, [], b"", 200, ("read", final_id, "HEAD"))
-    assert step("GET", final_path, [], b"", 200, ("read", final_id, "GET")).body == b"abcdab"
+    assert step("GET", final_path, [], b"", 200, ("read", final_id, "GET")).body == b"cdab"
     step("DELETE", path, [], b"", 204, ("delete", uid, "DELETE"))
     override = [("X-HTTP-Method-Override", "DELETE")]
     step("POST", final_path, override, b"", 204, ("delete", final_id, "DELETE"))

@@ -1,0 +1,148 @@
+"""The gunicorn worker of ``resumable serve``: gthread, plus a deadline for request headers.
+
+gunicorn's gthread worker gives a connection to a thread once its first bytes
+arrive; the thread then reads the request line and headers with blocking
+reads that have no deadline. gunicorn bounds the *size* of a request's head,
+not the time it takes, so a client sending one byte every few seconds holds
+a thread for as long as it cares to, and a few dozen such clients hold them
+all. Here each thread arms a deadline of ``--header-timeout`` seconds when it
+starts on a request; one watchdog thread per worker answers ``408`` to a
+connection still sending its headers at its deadline and shuts down the
+socket's read side, which ends the blocked read (gunicorn then sees the
+client gone and closes the connection). Request bodies have their own rules
+(``--read-timeout`` and ``--min-body-rate``, in ``transfer.py``).
+
+gunicorn also closes a connection that will not be kept alive on the
+worker's main thread, lingering up to two seconds to drain what the client
+still sends (so the answer is not cut by a reset). The main thread is the
+one that accepts and dispatches every connection: a dozen slow clients
+answered with an error then stalled the whole worker for half a minute.
+Those closes run on a small pool of their own here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import socket
+import threading
+import time
+from collections import OrderedDict
+from concurrent import futures
+
+from gunicorn.workers.gthread import ThreadWorker
+
+from .body import serving
+
+DEFAULT_HEADER_TIMEOUT = 30.0
+#: Threads that close connections, each lingering up to two seconds.
+CLOSING_THREADS = 8
+
+HEADER_TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\n"
+    b"Connection: close\r\n"
+    b"Content-Type: text/plain\r\n"
+    b"Content-Length: 37\r\n"
+    b"\r\n"
+    b"request headers took too long to send"
+)
+
+
+class HeaderDeadlines:
+    """Connections reading their headers, oldest first, and the watchdog that cuts them.
+
+    Every deadline is "now + the same timeout", so arming order is deadline
+    order and an ordered dict is the whole schedule: arm appends, disarm
+    removes by key, and the watchdog only ever looks at the first entry.
+    """
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        self.armed: OrderedDict[int, tuple[float, socket.socket]] = OrderedDict()
+        self.changed = threading.Condition()
+        self.tokens = itertools.count()
+        self.cut_count = 0
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._watch, name="header-deadlines", daemon=True)
+        self.thread.start()
+
+    def arm(self, sock: socket.socket) -> int:
+        token = next(self.tokens)
+        with self.changed:
+            was_empty = not self.armed
+            self.armed[token] = (time.monotonic() + self.timeout, sock)
+            if was_empty:
+                self.changed.notify()
+        return token
+
+    def disarm(self, token: int) -> bool:
+        """Stop watching; False when the watchdog already cut the connection."""
+        with self.changed:
+            return self.armed.pop(token, None) is not None
+
+    def _watch(self) -> None:
+        while True:
+            with self.changed:
+                while True:
+                    if not self.armed:
+                        self.changed.wait()
+                        continue
+                    token, (deadline, sock) = next(iter(self.armed.items()))
+                    delay = deadline - time.monotonic()
+                    if delay <= 0:
+                        del self.armed[token]
+                        break
+                    self.changed.wait(delay)
+            self.cut_count += 1
+            cut(sock)
+
+
+def cut(sock: socket.socket) -> None:
+    """Answer 408 if the socket takes it at once, then end the thread's blocked read."""
+    with contextlib.suppress(OSError):
+        sock.send(HEADER_TIMEOUT_RESPONSE, socket.MSG_DONTWAIT)
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RD)
+
+
+class ResumableThreadWorker(ThreadWorker):
+    """gunicorn's gthread worker with :class:`HeaderDeadlines` around each request's head."""
+
+    def init_process(self) -> None:
+        settings = getattr(self.app, "settings", None)
+        timeout = getattr(settings, "header_timeout", DEFAULT_HEADER_TIMEOUT)
+        self.header_deadlines = HeaderDeadlines(timeout)
+        self.header_deadlines.start()
+        self.closer = futures.ThreadPoolExecutor(CLOSING_THREADS, thread_name_prefix="closer")
+        super().init_process()
+
+    def finish_request(self, conn, fs):  # noqa: ANN001, ANN201 - gunicorn's signature
+        """Like gunicorn's, but a lingering close does not block the main thread."""
+        try:
+            closing = fs.cancelled() or not fs.result()
+        except Exception:  # noqa: BLE001 - gunicorn's own handling closes at once
+            closing = False
+        if not closing:
+            return super().finish_request(conn, fs)
+        self.nr_conns -= 1
+        self.closer.submit(conn.close, True)
+        return None
+
+    def handle(self, conn):  # noqa: ANN001, ANN201 - gunicorn's signature
+        conn.header_deadline = self.header_deadlines.arm(conn.sock)
+        try:
+            return super().handle(conn)
+        finally:
+            self.header_deadlines.disarm(conn.header_deadline)
+
+    def handle_request(self, req, conn):  # noqa: ANN001, ANN201 - gunicorn's signature
+        # The head is parsed: from here on the body's own timeouts apply.
+        if not self.header_deadlines.disarm(conn.header_deadline):
+            return False  # cut at the deadline an instant ago: already answered 408
+        serving.request = req  # so an unread body can make the answer say "close"
+        try:
+            return super().handle_request(req, conn)
+        finally:
+            serving.request = None
