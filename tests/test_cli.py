@@ -20,7 +20,10 @@ import pytest
 import requests
 
 from resumable.cli import build_parser, settings_environment, settings_from_args
+from resumable.protocol import new_upload_id
+from resumable.records import UploadRecord
 from resumable.settings import ENV_PREFIX, Settings
+from resumable.storage import FileStore
 
 from .support import free_port
 
@@ -359,8 +362,18 @@ def test_serve_with_redis_down_warns_once_and_answers_503(tmp_path: Path) -> Non
 
 
 def test_gc_with_redis_down_is_one_line(tmp_path: Path) -> None:
+    """With an upload to look at (its record would be read from Redis) and with none."""
+    store = FileStore(tmp_path / "with-upload")
+    record = UploadRecord(id=new_upload_id(), length=10, created=1.0)
+    store.create_data(record.id)
+    store.write_sidecar(record)
     url = f"redis://127.0.0.1:{free_port()}/0"
-    result = run_cli("gc", "--redis-url", url, "--data-dir", str(tmp_path))
+    for data_dir in (store.root, tmp_path / "empty"):
+        result = run_cli("gc", "--redis-url", url, "--data-dir", str(data_dir))
+        assert_one_line_failure(result)
+
+
+def assert_one_line_failure(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 1, (result.returncode, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
     lines = result.stderr.strip().splitlines()

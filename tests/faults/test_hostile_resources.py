@@ -337,6 +337,7 @@ def test_final_longer_than_2_63_is_refused(start_server, backend: str) -> None:
 # --------------------------------------------------------------------------
 
 DELETE_ROUNDS = 60
+FINALS_PER_ROUND = 6
 
 
 def finals_on_disk(server: Server) -> set[str]:
@@ -354,22 +355,30 @@ def delete_after(server: Server, url: str, pause: float):  # noqa: ANN201 - a Re
 
 
 def test_final_racing_the_deletion_of_its_partial(server: Server, backend: str) -> None:
-    """POST final;P Q while DELETE P: never a 5xx, and no final the client never heard of."""
+    """POST final;P Q (six at once) while DELETE P: never a 5xx, no final the client never
+    heard of."""
     outcomes: Counter = Counter()
     learned = finals_on_disk(server)  # made by earlier tests on this server
     for round_number in range(DELETE_ROUNDS):
         tus = TusClient(server.endpoint)
         doomed = make_partial(tus, b"doomed")
         other = make_partial(tus, b"other")
-        late = 0.001 if round_number % 2 else 0.0
-        created, deleted = at_once(
-            functools.partial(final, TusClient(server.endpoint), [doomed, other]),
-            functools.partial(delete_after, server, doomed, late),
+        late = 0.001 * (round_number % 3)
+        creations = [
+            functools.partial(final, TusClient(server.endpoint), [doomed, other])
+            for _ in range(FINALS_PER_ROUND)
+        ]
+        *created, deleted = at_once(
+            *creations, functools.partial(delete_after, server, doomed, late)
         )
-        if created.status_code == 201:
-            learned.add(upload_id(created.headers["Location"]))
-        outcomes[(created.status_code, deleted.status_code)] += 1
-    print(f"final vs delete [{backend}]: {DELETE_ROUNDS} rounds, outcomes {dict(outcomes)}")
+        for response in created:
+            if response.status_code == 201:
+                learned.add(upload_id(response.headers["Location"]))
+            outcomes[(response.status_code, deleted.status_code)] += 1
+    print(
+        f"final vs delete [{backend}]: {DELETE_ROUNDS} rounds of {FINALS_PER_ROUND} finals "
+        f"and one DELETE, outcomes (final, delete) {dict(outcomes)}"
+    )
     assert all(status is not None and status < 500 for pair in outcomes for status in pair)
     unknown = finals_on_disk(server) - learned
     assert not unknown, sorted(unknown)
