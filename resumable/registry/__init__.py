@@ -22,7 +22,7 @@ def make_registry(settings: Settings, store: FileStore) -> Registry:
 
         return RedisRegistry(
             store,
-            connect(settings.redis_url),
+            connect(settings.redis_url, concurrency=settings.threads),
             settings.redis_prefix,
             settings.lock_ttl,
             settings.lock_wait,

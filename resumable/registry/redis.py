@@ -193,11 +193,30 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def connect(url: str) -> redis.Redis:
-    """A client that fails fast when Redis is down (the app answers 503)."""
-    return redis.Redis.from_url(
-        url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
+#: Seconds a request waits for a free connection of its worker's pool before 503.
+POOL_WAIT_SECONDS = 10.0
+#: Connections beyond one per request thread: the background joins, and room.
+SPARE_CONNECTIONS = 16
+
+
+def connect(url: str, concurrency: int = 0) -> redis.Redis:
+    """A client for up to ``concurrency`` threads at once, failing fast when Redis is down.
+
+    redis-py's default pool holds 100 connections and refuses the 101st at
+    once; a worker runs up to --threads requests, each needing a connection
+    for the moment of a command. So the pool has room for every thread, and
+    a request that still finds it exhausted waits for a connection (a
+    command takes a millisecond) instead of answering 503.
+    """
+    pool = redis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max(concurrency, 1) + SPARE_CONNECTIONS,
+        timeout=POOL_WAIT_SECONDS,
+        socket_timeout=5,
+        socket_connect_timeout=2,
+        health_check_interval=30,
     )
+    return redis.Redis(connection_pool=pool)
 
 
 class RedisRegistry(Registry):
