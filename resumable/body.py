@@ -7,9 +7,15 @@ from the retry, or a stalled client, while it waits for bytes. WSGI offers
 only a blocking ``read()``; so under gunicorn this module takes the request's
 socket (``environ["gunicorn.socket"]``) and reads the body itself:
 
-* with a socket timeout of one heartbeat, calling ``on_idle`` on every
-  timeout so the caller can renew its lock, check for a release request and
-  enforce its read timeout;
+* waiting in ``poll`` on the socket and on the holder's doorbell (an
+  eventfd rung when a release request is posted), with a timeout that is
+  the holder's next deadline, and calling the holder's ``on_idle`` when it
+  is rung or due, so it can renew its lock, answer the request and enforce
+  its timeouts; a silent client costs no wake-up in between;
+* with ``SO_RCVLOWAT`` raised while a body of known length streams, so a
+  slow client wakes its thread once per 64 KiB, not once per packet (bytes
+  below the mark are taken whenever the holder wakes anyway, so a ``HEAD``
+  still sees every byte that arrived);
 * with ``recv_into`` straight into the caller's reused buffer (no copies,
   no allocation per chunk);
 * decoding ``Transfer-Encoding: chunked`` itself, which also hands the
@@ -40,6 +46,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 try:
     from gunicorn.http.body import Body as GunicornBody
@@ -162,28 +169,82 @@ class StreamBody(RequestBody):
         return len(data)
 
 
-class SocketSource:
-    """A socket with a push-back buffer and a read timeout that calls back."""
+class Waiter(Protocol):
+    """What the body reader needs from the request's holder while no byte arrives."""
 
-    def __init__(
-        self,
-        sock: socket.socket,
-        buffered: bytes,
-        on_idle: Callable[[], None],
-        poll_interval: float,
-    ):
+    #: An fd that becomes readable when the holder must act (its doorbell); -1: none.
+    wake_fd: int
+
+    def next_wait(self) -> float:
+        """Seconds until ``on_idle`` must run even if nothing happens."""
+
+    def on_idle(self) -> None:
+        """Rung, or a deadline is due: renew, answer requests, enforce timeouts (may raise)."""
+
+
+class Deadline:
+    """A waiter for reading what is left of a body: give up at ``deadline``."""
+
+    wake_fd = -1
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+
+    def next_wait(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def on_idle(self) -> None:
+        if time.monotonic() >= self.deadline:
+            raise ClientDisconnected("gave up draining the body")
+
+
+#: The most ``SO_RCVLOWAT`` asks for: one wake-up per this many bytes of a slow body.
+LOW_WATER = 64 * 1024
+#: The longest single poll, so a clock jump cannot stall a reader for long.
+MAX_POLL_MS = 60_000
+_READY = select.POLLIN | select.POLLHUP | select.POLLERR
+
+
+class SocketSource:
+    """A socket with a push-back buffer, read when bytes are there or the holder must act."""
+
+    def __init__(self, sock: socket.socket, buffered: bytes, waiter: Waiter):
         self.sock = sock
+        self.fileno = sock.fileno()
         self.pending = bytearray(buffered)
-        self.on_idle = on_idle
         self.pipe: tuple[int, int, int] | None = None
         #: Bytes were taken from the socket and then dropped: the body's
         #: count is off, so it must not be drained, only closed.
         self.lost_bytes = False
-        self.poll_ms = max(1, int(poll_interval * 1000))
-        self.poller = select.poll()
-        self.poller.register(sock, select.POLLIN)
+        self.lowat = 1
         self.previous_timeout = sock.gettimeout()
-        sock.settimeout(poll_interval)
+        sock.setblocking(False)
+        self.use(waiter)
+
+    def use(self, waiter: Waiter) -> None:
+        self.waiter = waiter
+        self.poller = select.poll()
+        self.poller.register(self.fileno, select.POLLIN)
+        if waiter.wake_fd >= 0:
+            self.poller.register(waiter.wake_fd, select.POLLIN)
+
+    def set_low_water(self, count: int) -> None:
+        """Have poll report the socket readable only once ``count`` bytes are there."""
+        count = max(1, min(count, LOW_WATER))
+        if count != self.lowat:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, count)
+                self.lowat = count
+            except OSError:
+                pass  # not supported here: every packet wakes the reader
+
+    def wait(self) -> bool:
+        """Wait for the socket; False when the holder is rung or due instead."""
+        timeout = self.waiter.next_wait()
+        if timeout <= 0:
+            return False
+        events = self.poller.poll(min(MAX_POLL_MS, int(timeout * 1000) + 1))
+        return any(fd == self.fileno and mask & _READY for fd, mask in events)
 
     def readinto(self, view: memoryview) -> int:
         if self.pending:
@@ -194,14 +255,22 @@ class SocketSource:
         return self.recv_into(view)
 
     def recv_into(self, view: memoryview) -> int:
-        """One read from the socket itself, waking ``on_idle`` while it is silent."""
+        """One read from the socket itself, letting the holder act while it is silent.
+
+        When the holder is rung or due, the bytes that have arrived (below
+        the low-water mark) are taken first and returned; the holder acts
+        after writing them, so what it commits includes them.
+        """
+        waited = False
         while True:
             try:
                 return self.sock.recv_into(view)
-            except TimeoutError:
-                self.on_idle()
+            except BlockingIOError:
+                if waited:
+                    self.waiter.on_idle()
             except (ConnectionError, OSError) as error:
                 raise ClientDisconnected(str(error)) from None
+            waited = not self.wait()
 
     def readline(self, limit: int, too_long: str = "chunked body line is too long") -> bytes:
         """One CRLF-terminated line of at most ``limit`` bytes (without the CRLF).
@@ -252,20 +321,22 @@ class SocketSource:
         if self.pipe is None:
             self.pipe = _open_pipe()
         pipe_read, pipe_write, pipe_size = self.pipe
+        waited = False
         while True:
             try:
                 n = os.splice(
-                    self.sock.fileno(),
+                    self.fileno,
                     pipe_write,
                     min(count, pipe_size),
                     flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK,
                 )
                 break
             except BlockingIOError:
-                if not self.poller.poll(self.poll_ms):
-                    self.on_idle()
+                if waited:
+                    self.waiter.on_idle()
             except OSError as error:
                 raise ClientDisconnected(str(error)) from None
+            waited = not self.wait()
         if n == 0:
             return 0
         moved = 0
@@ -286,7 +357,9 @@ class SocketSource:
             self.pipe = None
 
     def restore(self) -> None:
+        """Give the socket back as gunicorn had it: its timeout, and a low-water mark of 1."""
         self._close_pipe()
+        self.set_low_water(1)
         try:
             self.sock.settimeout(self.previous_timeout)
         except OSError:
@@ -296,12 +369,12 @@ class SocketSource:
 class _GunicornBody(RequestBody):
     """Shared by both framings: adoption of gunicorn's socket and buffers."""
 
-    def __init__(self, environ: dict, on_idle: Callable[[], None], poll_interval: float):
+    def __init__(self, environ: dict, waiter: Waiter):
         self.wsgi_input = environ["wsgi.input"]
         self.reader = self.wsgi_input.reader
         self.unreader = _unreader_of(self.reader)
         self.source = SocketSource(
-            environ["gunicorn.socket"], self.unreader.take_buffered(), on_idle, poll_interval
+            environ["gunicorn.socket"], self.unreader.take_buffered(), waiter
         )
         self.trailers = {}
         self.ended = False
@@ -320,19 +393,15 @@ class _GunicornBody(RequestBody):
 
     def _drain(self) -> None:
         """Read and drop up to DRAIN_LIMIT bytes for DRAIN_SECONDS at most."""
-        deadline = time.monotonic() + DRAIN_SECONDS
-
-        def give_up_when_late() -> None:
-            if time.monotonic() >= deadline:
-                raise ClientDisconnected("gave up draining the body")
-
-        self.source.on_idle = give_up_when_late
+        deadline = Deadline(time.monotonic() + DRAIN_SECONDS)
+        self.source.use(deadline)
+        self.source.set_low_water(1)
         scratch = memoryview(bytearray(16 * 1024))
         dropped = 0
         try:
             while not self.ended and dropped <= DRAIN_LIMIT:
                 dropped += self.readinto(scratch)
-                give_up_when_late()
+                deadline.on_idle()
         except BodyError:
             pass
 
@@ -345,11 +414,12 @@ class _GunicornBody(RequestBody):
 
 
 class GunicornLengthBody(_GunicornBody):
-    def __init__(self, environ: dict, on_idle: Callable[[], None], poll_interval: float):
-        super().__init__(environ, on_idle, poll_interval)
+    def __init__(self, environ: dict, waiter: Waiter):
+        super().__init__(environ, waiter)
         self.declared_length = self.reader.length
         self.remaining = self.reader.length
         self.ended = self.remaining == 0
+        self.source.set_low_water(self.remaining)
         # Plain TCP only (TLS bytes must be decrypted in user space), and only
         # when the body is large enough for a pipe to pay off.
         self.can_splice = (
@@ -379,6 +449,8 @@ class GunicornLengthBody(_GunicornBody):
         self.remaining -= n
         if self.remaining == 0:
             self.ended = True
+        elif self.remaining < self.source.lowat:
+            self.source.set_low_water(self.remaining)  # the last bytes must wake it too
         return n
 
     def _mark_consumed(self) -> None:
@@ -389,8 +461,10 @@ class GunicornLengthBody(_GunicornBody):
 
 
 class GunicornChunkedBody(_GunicornBody):
-    def __init__(self, environ: dict, on_idle: Callable[[], None], poll_interval: float):
-        super().__init__(environ, on_idle, poll_interval)
+    """A chunked body; its socket keeps a low-water mark of 1 (its length is unknown)."""
+
+    def __init__(self, environ: dict, waiter: Waiter):
+        super().__init__(environ, waiter)
         self.chunk_left = 0
         self.started = False
 
@@ -476,7 +550,7 @@ def _unreader_of(reader: object) -> object | None:
     return unreader
 
 
-def open_body(environ: dict, on_idle: Callable[[], None], poll_interval: float) -> RequestBody:
+def open_body(environ: dict, waiter: Waiter) -> RequestBody:
     """The request's body, read from gunicorn's socket when it is there."""
     stream = environ["wsgi.input"]
     if (
@@ -487,9 +561,9 @@ def open_body(environ: dict, on_idle: Callable[[], None], poll_interval: float) 
         and _unreader_of(stream.reader) is not None
     ):
         if isinstance(stream.reader, LengthReader):
-            return GunicornLengthBody(environ, on_idle, poll_interval)
+            return GunicornLengthBody(environ, waiter)
         if isinstance(stream.reader, ChunkedReader) and stream.reader.parser is not None:
-            return GunicornChunkedBody(environ, on_idle, poll_interval)
+            return GunicornChunkedBody(environ, waiter)
     length = environ.get("CONTENT_LENGTH")
     declared = int(length) if length and length.isdigit() else None
     if declared is None and not environ.get("wsgi.input_terminated"):

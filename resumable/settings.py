@@ -60,7 +60,9 @@ class Settings:
         3.0, "seconds a request waits for the holder of an upload to let go before 423"
     )
     heartbeat: float = _setting(
-        0.25, "seconds between a writer's lock renewals and checks for a release request"
+        0.0,
+        "seconds between a Redis writer's lock renewals (release requests reach it at once, "
+        "by pub/sub); 0: a quarter of --lock-ttl",
     )
     commit_bytes: int = _setting(16 * MiB, "a long PATCH commits its offset every this many bytes")
     commit_seconds: float = _setting(1.0, "... and at least every this many seconds")
@@ -128,8 +130,11 @@ class Settings:
             ),
             (self.max_size >= 0, "max_size must be 0 (no limit) or more"),
             (self.chunk_size >= 4096, "chunk_size must be at least 4096"),
-            (self.heartbeat > 0, "heartbeat must be positive"),
-            (self.lock_ttl > self.heartbeat * 2, "lock_ttl must be more than twice the heartbeat"),
+            (self.heartbeat >= 0, "heartbeat must be 0 (a quarter of lock_ttl) or positive"),
+            (
+                self.lock_ttl > self.renewal_interval * 2,
+                "lock_ttl must be more than twice the heartbeat",
+            ),
             (self.lock_wait >= 0, "lock_wait must not be negative"),
             (self.read_timeout > 0, "read_timeout must be positive"),
             (self.min_body_rate >= 0, "min_body_rate must be 0 (off) or more"),
@@ -152,6 +157,11 @@ class Settings:
                 f"log_level must be one of {', '.join(LOG_LEVELS)}",
             ),
         ]
+
+    @property
+    def renewal_interval(self) -> float:
+        """Seconds between a Redis holder's lease renewals (``heartbeat``, or lock_ttl / 4)."""
+        return self.heartbeat or self.lock_ttl / 4
 
     @property
     def data_dir_permissions(self) -> int | None:

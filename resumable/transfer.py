@@ -2,10 +2,13 @@
 
 This is the one loop every byte goes through: read a slice of the body into
 a reused buffer, check the lease is still ours (a clock comparison), write
-the slice, feed the checksum. Nothing else happens per slice; the lease is
-renewed, release requests are read and the offset committed on a timer
-(``heartbeat``, ``commit_seconds``) or a byte count (``commit_bytes``, a
-comparison per slice).
+the slice, feed the checksum. Nothing else happens per slice but two
+comparisons (a clock against the next deadline, a flag for the doorbell).
+The offset is committed when ``commit_bytes`` arrived or ``commit_seconds``
+passed with bytes to commit; the lease is renewed every ``lease.interval``
+(Redis only); release requests are read when the doorbell rings. While no
+byte arrives the thread sleeps until the next of these deadlines or a ring:
+an idle upload costs nothing between them.
 
 A body must keep moving: it is cut (``408``, bytes kept) when no byte comes
 for ``--read-timeout`` seconds, and when a window of that many seconds
@@ -36,6 +39,7 @@ back from the file, which the page cache still holds.
 from __future__ import annotations
 
 import errno
+import math
 import mmap
 import os
 import threading
@@ -123,12 +127,16 @@ class Appender:
         Raises a TusError after keeping what the table above says.
         """
         run = _Run(self, lease, record, checksum, trailer_checksum)
-        body = open_body(environ, run.on_idle, lease.interval)
+        body = open_body(environ, run)
         return run.stream(body, limit)
 
 
 class _Run:
-    """State of one append: kept apart so the loop reads locals, not lookups."""
+    """State of one append: kept apart so the loop reads locals, not lookups.
+
+    It is also the body reader's waiter (body.Waiter): its doorbell is the
+    lease's, its next wait the nearest deadline, its ``on_idle`` the timers.
+    """
 
     def __init__(
         self,
@@ -159,7 +167,13 @@ class _Run:
         self.window_start_written = 0
         self.window_minimum = self.settings.min_body_rate * self.settings.read_timeout
         self.committed = 0
-        self.next_heartbeat = now + lease.interval
+        self.wakeup = lease.wakeup
+        self.wake_fd = lease.wakeup.fd
+        self.next_renewal = now + lease.interval
+        #: When bytes that arrived by then are committed (not while staged).
+        self.commit_due = math.inf if self.staged else now + self.settings.commit_seconds
+        self.next_check = now  # the nearest deadline the copy loop must see (_schedule)
+        self._schedule()
         self.fd = -1
 
     # -- the loop --------------------------------------------------------------
@@ -263,7 +277,7 @@ class _Run:
                 return True
             now = time.monotonic()
             self.last_data = now
-            if now >= self.next_heartbeat:
+            if now >= self.next_check or self.wakeup.rung:
                 self._heartbeat(now)
 
     def _splice_loop(self, body: RequestBody, size: int) -> None:
@@ -289,17 +303,31 @@ class _Run:
                 self._commit()
             now = time.monotonic()
             self.last_data = now
-            if now >= self.next_heartbeat:
+            if now >= self.next_check or self.wakeup.rung:
                 self._heartbeat(now)
 
     # -- timers ------------------------------------------------------------------
 
+    def next_wait(self) -> float:
+        """Seconds the body reader may sleep without a byte: to the nearest deadline.
+
+        A commit is a reason to wake only when bytes wait for it.
+        """
+        due = min(self.next_renewal, self.window_end, self.last_data + self.settings.read_timeout)
+        if self.written > self.committed:
+            due = min(due, self.commit_due)
+        return due - time.monotonic()
+
     def on_idle(self) -> None:
-        """Called by the body reader every lease interval while no byte arrives."""
+        """Called by the body reader when rung or due while no byte arrives."""
         now = time.monotonic()
         self._heartbeat(now)
         if now - self.last_data >= self.settings.read_timeout:
             self._stalled()
+
+    def _schedule(self) -> None:
+        """The nearest deadline the copy loop checks: renewal, the rate window, a commit."""
+        self.next_check = min(self.next_renewal, self.window_end, self.commit_due)
 
     def _stalled(self) -> None:
         raise RequestTimeout(
@@ -307,25 +335,25 @@ class _Run:
         )
 
     def _heartbeat(self, now: float) -> None:
-        self.next_heartbeat = now + self.lease.interval
+        """Whatever is due or asked: the rate check, renewal and requests, a commit."""
         if now >= self.window_end:
             self._check_rate(now)
-        state = self.lease.heartbeat()
+        state = Mailbox.HELD
+        if self.wakeup.answer() or now >= self.next_renewal:
+            state = self.lease.heartbeat()  # renews (Redis) and reads the mailbox
+            self.next_renewal = now + self.lease.interval
         if state is Mailbox.LOST:
             raise LeaseLost(self.record.id)
         if state is Mailbox.HARD_RELEASE:
             raise _HandOver()
-        if (
-            not self.staged
-            and self.written > self.committed
-            and (
-                state is Mailbox.SOFT_RELEASE
-                or now - self.last_commit >= self.settings.commit_seconds
-            )
-        ):
-            self._commit()
+        if not self.staged and (state is Mailbox.SOFT_RELEASE or now >= self.commit_due):
+            if self.written > self.committed:
+                self._commit()
+            else:
+                self.commit_due = now + self.settings.commit_seconds
         if state is Mailbox.SOFT_RELEASE:
             self.lease.acknowledge()
+        self._schedule()
 
     def _check_rate(self, now: float) -> None:
         """At the end of a --read-timeout window: did it bring the minimum?"""
@@ -350,6 +378,9 @@ class _Run:
         self.registry.save(self.lease, self.record)
         self.committed = self.written
         self.last_commit = time.monotonic()
+        if not self.staged:
+            self.commit_due = self.last_commit + self.settings.commit_seconds
+        self._schedule()
 
     def _discard(self) -> None:
         """Drop this request's bytes: the offset stays where it was."""

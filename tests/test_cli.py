@@ -183,7 +183,7 @@ def assert_usage_error(result: subprocess.CompletedProcess) -> None:
         ("RESUMABLE_LOCK_TTL", "soon"),
         ("RESUMABLE_TRUST_PROXY", "maybe"),
         ("RESUMABLE_CHUNK_SIZE", "100"),
-        ("RESUMABLE_LOCK_TTL", "0.1"),
+        ("RESUMABLE_LOCK_TTL", "0"),
     ],
 )
 def test_bad_environment_value_is_a_clean_error(name: str, value: str, tmp_path: Path) -> None:

@@ -54,15 +54,21 @@ class Exchange:
         self.request = next(RequestParser(Config(), self.server, ("127.0.0.1", 0)))
         self.trickled: Iterator[bytes] = iter(trickled)
         environ = {"wsgi.input": self.request.body, "gunicorn.socket": self.server}
-        body = open_body(environ, self._send_next, POLL_SECONDS)
+        body = open_body(environ, self)
         assert isinstance(body, GunicornChunkedBody)
         self.body = body
         if len(HEAD) + len(buffered) <= GUNICORN_FIRST_READ:
             # The premise of the buffered cases: no byte is left in the socket.
             assert bytes(self.body.source.pending) == buffered
 
-    def _send_next(self) -> None:
-        """Idle callback: the next piece, or the end of the stream after the last."""
+    # The body reader's waiter: no doorbell, a short wait, then the next piece.
+    wake_fd = -1
+
+    def next_wait(self) -> float:
+        return POLL_SECONDS
+
+    def on_idle(self) -> None:
+        """The next piece, or the end of the stream after the last."""
         piece = next(self.trickled, None)
         if piece is None:
             self.client.shutdown(socket.SHUT_WR)

@@ -26,11 +26,13 @@ def make_registry(settings: Settings, store: FileStore) -> Registry:
             settings.redis_prefix,
             settings.lock_ttl,
             settings.lock_wait,
-            settings.heartbeat,
+            settings.renewal_interval,
         )
     from .embedded import EmbeddedRegistry
 
-    return EmbeddedRegistry(store, settings.lock_ttl, settings.lock_wait, settings.heartbeat)
+    return EmbeddedRegistry(
+        store, settings.lock_ttl, settings.lock_wait, settings.renewal_interval
+    )
 
 
 def describe_registry(settings: Settings) -> str:

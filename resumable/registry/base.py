@@ -10,10 +10,11 @@ The lock protocol (docs/architecture.md, invariants 2 and 3):
   HEAD without breaking running uploads, and a client retrying past a dead
   connection still learns every byte that arrived; its following PATCH then
   frees the stuck holder with a hard request.
-* The holder renews the lease and reads its mailbox every ``interval``
-  seconds of its lease: the heartbeat for Redis (a round trip), much more
-  often for the embedded registry (a local file read), so there a HEAD of
-  a running upload is answered within tens of milliseconds.
+* A request rings the holder's doorbell (wakeups.py): the holder wakes at
+  once, whether it is waiting for bytes or copying them, and reads its
+  mailbox. Between requests it reads nothing; a Redis holder also renews
+  its lease (and reads its mailbox) every ``interval`` seconds, an embedded
+  one never needs to (the kernel keeps an flock for as long as it lives).
   Commits are conditional on still holding the lease, and a holder whose
   lease may have run out (paused past its TTL) stops before writing.
 """
@@ -21,12 +22,14 @@ The lock protocol (docs/architecture.md, invariants 2 and 3):
 from __future__ import annotations
 
 import enum
+import math
 import time
 from abc import ABC, abstractmethod
 
 from ..protocol import Locked
 from ..records import UploadRecord
 from ..storage import FileStore
+from .wakeups import Silent, Wakeup
 
 POLL_SECONDS = 0.01
 REPEAT_REQUEST_SECONDS = 0.5
@@ -49,8 +52,10 @@ class Lease(ABC):
     """The right to write one upload, until released or lost."""
 
     upload_id: str
-    #: Seconds between heartbeats: how soon the holder sees a request.
+    #: Seconds between renewals of the lease (inf when it needs none).
     interval: float
+    #: Rung when a release request is posted for this upload.
+    wakeup: Wakeup | Silent
 
     @abstractmethod
     def heartbeat(self) -> Mailbox:
@@ -78,9 +83,11 @@ class BirthLease(Lease):
     lock files or round trips, which is most of the price of a small upload.
     """
 
-    def __init__(self, upload_id: str, interval: float):
+    interval = math.inf  # nothing to renew
+
+    def __init__(self, upload_id: str):
         self.upload_id = upload_id
-        self.interval = interval
+        self.wakeup = Silent()
         self.born = False
 
     def heartbeat(self) -> Mailbox:
@@ -119,7 +126,7 @@ class Registry(ABC):
     def conceive(self, record: UploadRecord) -> BirthLease:
         """The data file of a new upload and the lease to fill it (see BirthLease)."""
         self.store.create_data(record.id)
-        return BirthLease(record.id, self.heartbeat)
+        return BirthLease(record.id)
 
     def abandon(self, lease: BirthLease) -> None:
         """A creation that failed before its record was published leaves nothing."""

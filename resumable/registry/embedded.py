@@ -4,35 +4,46 @@ The sidecar file is the record. Locks are ``flock`` locks on
 ``locks/<id>.lock``: each acquisition opens its own file description, so
 they exclude threads of one process as well as other processes, and the
 kernel drops them when a worker dies, however it dies. The holder writes its
-token into the lock file; release requests are a small mailbox file
-``locks/<id>.release`` holding ``hard:<token>``, ``soft:<token>`` or
-``ack:<token>``, replaced atomically. Like every file under the data
-directory, these are opened without following links (see storage.py).
+token and its process id into the lock file; release requests are a small
+mailbox file ``locks/<id>.release`` holding ``hard:<token>``,
+``soft:<token>`` or ``ack:<token>``, replaced atomically, and a datagram
+with the upload's id to the holder's process, whose doorbell thread wakes
+the holder (see wakeups.py). Each process listens on an abstract unix
+socket named after the data directory and its pid, so nothing is left on
+disk when it dies. Like every file under the data directory, these are
+opened without following links (see storage.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import math
 import os
 import secrets
 import shutil
+import socket
 from pathlib import Path
 
 from ..records import UploadRecord
 from ..storage import FileStore, make_private_dir, open_nofollow
 from .base import Lease, LeaseLost, Mailbox, Registry
-
-LOCAL_CHECK_SECONDS = 0.05
+from .wakeups import Doorbells, Wakeup
 
 
 class FileLease(Lease):
-    def __init__(self, registry: EmbeddedRegistry, upload_id: str, fd: int, token: str):
+    #: The kernel keeps an flock for as long as its holder lives: nothing to renew.
+    interval = math.inf
+
+    def __init__(
+        self, registry: EmbeddedRegistry, upload_id: str, fd: int, token: str, wakeup: Wakeup
+    ):
         self.registry = registry
-        self.interval = registry.check_interval
         self.upload_id = upload_id
         self.fd = fd
         self.token = token
+        self.wakeup = wakeup
 
     def heartbeat(self) -> Mailbox:
         request = self.registry.read_mailbox(self.upload_id)
@@ -56,6 +67,8 @@ class FileLease(Lease):
             with contextlib.suppress(FileNotFoundError):
                 self.registry.mailbox_path(self.upload_id).unlink()
         fd, self.fd = self.fd, -1
+        self.registry.doorbells.remove(self.upload_id, self.wakeup)
+        self.wakeup.close()
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
@@ -63,9 +76,12 @@ class FileLease(Lease):
 class EmbeddedRegistry(Registry):
     def __init__(self, store: FileStore, lock_ttl: float, lock_wait: float, heartbeat: float):
         super().__init__(store, lock_ttl, lock_wait, heartbeat)
-        # The kernel keeps flock locks alive, so a heartbeat only reads the
-        # mailbox: cheap enough to do often.
-        self.check_interval = min(heartbeat, LOCAL_CHECK_SECONDS)
+        self.doorbells = Doorbells(self._listen, "resumable-doorbells")
+        self.sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        #: Abstract socket names of this data directory's processes, without the pid.
+        self.address_prefix = b"\0resumable-" + hashlib.sha256(
+            str(Path(store.root).resolve()).encode()
+        ).hexdigest()[:24].encode()
         self.locks = Path(store.root) / "locks"
         make_private_dir(self.locks, store.mode)
         self.waiting = Path(store.root) / "waiting"
@@ -163,31 +179,59 @@ class EmbeddedRegistry(Registry):
             os.close(fd)
             return None
         token = secrets.token_hex(16)
+        wakeup = None
         try:
+            wakeup = Wakeup()
+            self.doorbells.add(upload_id, wakeup)
             os.ftruncate(fd, 0)
-            os.pwrite(fd, token.encode(), 0)
+            os.pwrite(fd, f"{token} {os.getpid()}".encode(), 0)
             with contextlib.suppress(FileNotFoundError):
                 self.mailbox_path(upload_id).unlink()
         except BaseException:
+            if wakeup is not None:
+                self.doorbells.remove(upload_id, wakeup)
+                wakeup.close()
             os.close(fd)  # drops the lock: never keep one nobody holds
             raise
-        return FileLease(self, upload_id, fd, token)
+        return FileLease(self, upload_id, fd, token, wakeup)
 
-    def _holder_token(self, upload_id: str) -> str | None:
-        """The holder's token, or None when nobody holds the lock."""
+    def _holder(self, upload_id: str) -> tuple[str, int] | None:
+        """The holder's token and process id, or None when nobody holds the lock."""
         if not self.is_locked(upload_id):
             return None
-        return _read_small(self.lock_path(upload_id)) or None
+        token, _, pid = (_read_small(self.lock_path(upload_id)) or "").partition(" ")
+        if not token:
+            return None
+        return token, int(pid) if pid.isdigit() else 0
 
     def request_release(self, upload_id: str, hard: bool) -> bool:
-        token = self._holder_token(upload_id)
-        if token is None:
+        holder = self._holder(upload_id)
+        if holder is None:
             return False
+        token, pid = holder
         if hard:
             self.write_mailbox(upload_id, f"hard:{token}")
         elif self.read_mailbox(upload_id) != f"hard:{token}":
             self.write_mailbox(upload_id, f"soft:{token}")
+        self._ring(pid, upload_id)
         return True
+
+    # -- doorbells: a datagram to the holder's process ---------------------------
+
+    def _address(self, pid: int) -> bytes:
+        return self.address_prefix + b"-%d" % pid
+
+    def _ring(self, pid: int, upload_id: str) -> None:
+        """Tell the holder's process; a process that is gone or busy just misses it."""
+        with contextlib.suppress(OSError):
+            self.sender.sendto(upload_id.encode(), socket.MSG_DONTWAIT, self._address(pid))
+
+    def _listen(self, doorbells: Doorbells) -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as inbox:
+            inbox.bind(self._address(os.getpid()))
+            doorbells.listening()
+            while True:
+                doorbells.ring(inbox.recv(64).decode("ascii", "replace"))
 
     def request_state(self, upload_id: str) -> str | None:
         value = self.read_mailbox(upload_id)

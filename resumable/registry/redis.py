@@ -7,6 +7,9 @@ Keys (all under the configured prefix):
 * ``lock:<id>`` – the holder's random token, with a TTL the holder renews;
 * ``release:<id>`` – the mailbox: ``hard:<token>``, ``soft:<token>`` or
   ``ack:<token>`` (see :mod:`resumable.registry.base`);
+* channel ``wake:<process>`` – a release request for an upload held by
+  that process, published with the request: a token is ``<process>.<random>``,
+  and each process's doorbell thread subscribes to its own channel;
 * ``gone:<id>`` – tombstone of a deleted upload, so a stale sidecar read in a
   race cannot bring the record back.
 
@@ -18,7 +21,9 @@ record is rebuilt from it (docs/architecture.md, invariant 8).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import secrets
 import time
 from urllib.parse import urlsplit, urlunsplit
@@ -27,7 +32,9 @@ import redis
 
 from ..records import UploadRecord
 from ..storage import FileStore
+from . import UNAVAILABLE
 from .base import Lease, LeaseLost, Mailbox, Registry
+from .wakeups import Doorbells, Wakeup
 
 TOMBSTONE_SECONDS = 7 * 24 * 3600
 
@@ -46,6 +53,10 @@ if ARGV[1] == 'hard' then
   redis.call('SET', KEYS[2], 'hard:' .. holder, 'PX', ARGV[2])
 elseif redis.call('GET', KEYS[2]) ~= 'hard:' .. holder then
   redis.call('SET', KEYS[2], 'soft:' .. holder, 'PX', ARGV[2])
+end
+local dot = string.find(holder, '.', 1, true)
+if dot then
+  redis.call('PUBLISH', ARGV[3] .. string.sub(holder, 1, dot - 1), ARGV[4])
 end
 return 1
 """
@@ -144,10 +155,18 @@ def _from_hash(fields: dict[bytes, bytes]) -> UploadRecord:
 
 
 class RedisLease(Lease):
-    def __init__(self, registry: RedisRegistry, upload_id: str, token: str, acquired_at: float):
+    def __init__(
+        self,
+        registry: RedisRegistry,
+        upload_id: str,
+        token: str,
+        acquired_at: float,
+        wakeup: Wakeup,
+    ):
         self.registry = registry
         self.upload_id = upload_id
         self.token = token
+        self.wakeup = wakeup
         self.ttl_ms = int(registry.lock_ttl * 1000)
         self.interval = registry.heartbeat
         self._valid_until = acquired_at + registry.lock_ttl
@@ -181,6 +200,8 @@ class RedisLease(Lease):
     def release(self) -> None:
         if not self.released:
             self.released = True
+            self.registry.doorbells.remove(self.upload_id, self.wakeup)
+            self.wakeup.close()
             self.registry.scripts["release"](self.keys(), [self.token])
 
 
@@ -220,6 +241,10 @@ def connect(url: str, concurrency: int = 0) -> redis.Redis:
 
 
 class RedisRegistry(Registry):
+    #: Seconds to wait for a subscription's confirmation, and between attempts.
+    SUBSCRIBE_SECONDS = 2.0
+    RESUBSCRIBE_SECONDS = 1.0
+
     def __init__(
         self,
         store: FileStore,
@@ -232,6 +257,9 @@ class RedisRegistry(Registry):
         super().__init__(store, lock_ttl, lock_wait, heartbeat)
         self.redis = client
         self.prefix = prefix
+        self.doorbells = Doorbells(self._listen, "resumable-doorbells")
+        self.process = ""  # this process's name in tokens and channels (see process_name)
+        self.process_pid = 0
         self.safety_margin = max(heartbeat, lock_ttl / 10)
         self.scripts = {
             name: self.redis.register_script(source)
@@ -333,17 +361,64 @@ class RedisRegistry(Registry):
     # -- locks -----------------------------------------------------------------
 
     def try_acquire(self, upload_id: str) -> Lease | None:
-        token = secrets.token_hex(16)
+        token = f"{self.process_name()}.{secrets.token_hex(16)}"
+        wakeup = Wakeup()
+        # Reachable before the lock is ours: a request may follow at once.
+        self.doorbells.add(upload_id, wakeup)
         sent_at = time.monotonic()
         keys = [self.key("lock", upload_id), self.key("release", upload_id)]
-        if self.scripts["acquire"](keys, [token, int(self.lock_ttl * 1000)]):
-            return RedisLease(self, upload_id, token, sent_at)
+        try:
+            if self.scripts["acquire"](keys, [token, int(self.lock_ttl * 1000)]):
+                return RedisLease(self, upload_id, token, sent_at, wakeup)
+        except BaseException:
+            self.doorbells.remove(upload_id, wakeup)
+            wakeup.close()
+            raise
+        self.doorbells.remove(upload_id, wakeup)
+        wakeup.close()
         return None
 
     def request_release(self, upload_id: str, hard: bool) -> bool:
         keys = [self.key("lock", upload_id), self.key("release", upload_id)]
-        args = ["hard" if hard else "soft", int(self.lock_ttl * 1000)]
+        args = [
+            "hard" if hard else "soft",
+            int(self.lock_ttl * 1000),
+            f"{self.prefix}wake:",
+            upload_id,
+        ]
         return bool(self.scripts["request_release"](keys, args))
+
+    # -- doorbells: a pub/sub channel per process ----------------------------------
+
+    def process_name(self) -> str:
+        """Random per process (pids repeat across hosts), new in a forked child."""
+        if self.process_pid != os.getpid():
+            self.process = secrets.token_hex(8)
+            self.process_pid = os.getpid()
+        return self.process
+
+    def _listen(self, doorbells: Doorbells) -> None:
+        """Receive this process's release requests; reconnect while Redis is away."""
+        channel = f"{self.prefix}wake:{self.process_name()}"
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(channel)
+                pubsub.get_message(timeout=self.SUBSCRIBE_SECONDS)  # the confirmation
+                doorbells.listening()
+                while True:
+                    # A bounded wait (one wake-up a second for the whole
+                    # process): a blocking read would trip the socket timeout.
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        doorbells.ring(message["data"].decode("ascii", "replace"))
+            except UNAVAILABLE:
+                # Holders still read their mailbox at every lease renewal.
+                doorbells.listening()
+                time.sleep(self.RESUBSCRIBE_SECONDS)
+            finally:
+                with contextlib.suppress(Exception):
+                    pubsub.close()
 
     def request_state(self, upload_id: str) -> str | None:
         value = self.redis.get(self.key("release", upload_id))
