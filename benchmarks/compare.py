@@ -92,6 +92,20 @@ The workloads and their figures
     the server is not reading that upload). The uploads stay open from the
     first connect to the second reading ("held" s). Run once per server, not
     in rounds.
+(g) slow clients, open loop
+    ``--uploads-g`` (500) uploads, each one PATCH paced at ``--rate-g`` (64KiB)
+    per second, from one asyncio loop (benchmarks/slow_clients.py); after a 2 s
+    ramp, for ``--seconds-g`` (20) s, HEADs leave at fixed rates whether or not
+    earlier ones were answered, each on a new connection: ``--running-heads-g``
+    (50) per second on running uploads, ``--idle-heads-g`` (10) per second on 16
+    idle ones; latency from the scheduled time (so queueing shows), 10 s timeout.
+    A PATCH that ends early is resumed as a tus client does (HEAD, then PATCH
+    from the offset) and counted by status: @tus/server's HEAD stops the running
+    PATCH, resumable's does not. Progress is read from the data files. Also:
+    server CPU (cores), the client's CPU and event-loop lag, peak RSS per
+    process. Run for resumable with the embedded registry and, when
+    redis-server is on PATH, with a private Redis too; ``--rounds-g`` (3) rounds
+    in alternation, medians (p99 and CPU) and worst cases (progress, errors).
 
 Client figures
     Before (a)..(d) the same client code runs against a loopback sink (the raw
@@ -105,7 +119,9 @@ Client figures
 Targets (printed PASS/MISS; N/A when a figure is missing): (a) resumable >=
 1.5x @tus/server and >= 80 % of the file-write limit; (b) >= 1.2x; (c) >= 1x;
 (d) >= 1x; (e) every worker's peak < 100 MiB at both sizes and the same for both;
-(f) every slow upload progresses, and HEAD p99 < 100 ms. With fewer than 3
+(f) every slow upload progresses, and HEAD p99 < 100 ms; (g) every upload progresses with
+no PATCH error, HEAD p99 < 50 ms on running and on idle uploads, every process's peak RSS
+< 150 MiB, on each registry. With fewer than 3
 rounds (``--quick``) the figures are a smoke test only.
 
 The table and targets are printed; everything, per round, goes to ``--json``
@@ -152,6 +168,7 @@ from benchmarks.common import (  # noqa: E402
     LaunchedServer,
     MiB,
     RawConnection,
+    RedisProcess,
     RssSampler,
     ServerProcess,
     baseline_write,
@@ -177,6 +194,8 @@ from benchmarks.common import (  # noqa: E402
     to_mib,
     wait_until,
 )
+from benchmarks.slow_clients import Plan as OpenLoopPlan  # noqa: E402
+from benchmarks.slow_clients import run_open_loop  # noqa: E402
 from resumable.settings import Settings  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -184,10 +203,10 @@ TUS_NODE_DIR = Path(__file__).resolve().parent / "tus-node"
 DEFAULT_JSON = REPO_ROOT / "bench-results" / "compare.json"
 DEFAULT_WORK_DIR = REPO_ROOT / "bench-results" / "work"
 TUS = {"Tus-Resumable": "1.0.0"}
-WORKLOADS = "abcdef"
+WORKLOADS = "abcdefg"
 SUBJECTS = ("tus-node", "resumable")
 LABELS = {"tus-node": "@tus/server", "resumable": "resumable", "file": "file write",
-          "sink": "client->sink"}
+          "sink": "client->sink", "resumable-redis": "resumable (Redis)"}
 HEADROOM = 1 * GiB
 NPM_CI = ["npm", "ci", "--no-audit", "--no-fund"]
 CLIENT_OK = 0.70  # server figure / sink figure below this: the client is not the limit
@@ -197,10 +216,13 @@ FULL = {
     "rounds": 5, "rounds_e": 2, "size_a": 1 * GiB, "size_e": 4 * GiB, "patch_size": 5 * MiB,
     "uploads_c": 16, "size_c": 64 * MiB, "clients_d": 16, "seconds_d": 5.0, "body_d": 1 * KiB,
     "slow_uploads": 500, "slow_rate": 64 * KiB, "slow_seconds": 20.0, "heads": 200,
+    "uploads_g": 500, "rate_g": 64 * KiB, "seconds_g": 20.0, "running_heads_g": 50.0,
+    "idle_heads_g": 10.0, "rounds_g": 3,
 }
 QUICK = {
     **FULL, "rounds": 1, "rounds_e": 1, "size_a": 64 * MiB, "size_e": 256 * MiB,
     "size_c": 4 * MiB, "seconds_d": 2.0, "slow_seconds": 8.0, "heads": 50,
+    "seconds_g": 8.0, "rounds_g": 1,
 }
 
 
@@ -369,6 +391,8 @@ class Context:
     buffer: memoryview
     scratch_dir: Path  # priming and file-write limit: the servers' file system
     problems: list[str] = field(default_factory=list)
+    #: Servers only (g) runs against: resumable with the Redis registry.
+    extra_endpoints: list[Endpoint] = field(default_factory=list)
 
     def settle(self, size: int) -> float | None:
         """Flush dirty pages, then (with --prime) write and remove ``size`` untimed bytes."""
@@ -965,6 +989,71 @@ def run_slow(ctx: Context, ep: Endpoint) -> dict[str, Any]:
     return result
 
 
+def run_open_loop_step(ctx: Context, ep: Endpoint) -> dict[str, Any]:
+    """(g) for one server, one round: fresh uploads, the open-loop run, cleanup."""
+    plan = ctx.plan
+    length = max(GiB, int(plan.rate_g * (plan.seconds_g + 60) * 2))
+    paths = create_many(ep, plan.uploads_g, length)
+    idle_paths = create_many(ep, 16, length)
+    server = ep.server
+    assert server is not None
+    data_dir = server.data_dir
+
+    def data_file(path: str) -> Path | None:
+        upload_id = path.rsplit("/", 1)[-1]
+        for candidate in (data_dir / upload_id, data_dir / "uploads" / upload_id):
+            if candidate.exists():
+                return candidate
+        return None
+
+    with RssSampler(ep.pids, 0.1) as sampler:
+        result = run_open_loop(OpenLoopPlan(
+            host=ep.host, port=ep.port, paths=paths, idle_paths=idle_paths, length=length,
+            rate=plan.rate_g, seconds=plan.seconds_g, running_hz=plan.running_heads_g,
+            idle_hz=plan.idle_heads_g, data_files=data_file, server_pids=ep.pids))
+    roles = _roles(ep, sampler.peak)
+    result["rss_peak_mib"] = {f"{roles.get(pid, '?')} {pid}": to_mib(rss)
+                              for pid, rss in sampler.peak.items()}
+    time.sleep(1.0)  # let the server notice the closed connections
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        failures = [e for e in pool.map(lambda p: delete(ep, p, attempts=10),
+                                        paths + idle_paths) if e]
+    if failures:
+        ctx.problem(f"(g) {LABELS[ep.name]}: {len(failures)} DELETEs failed: {failures[:3]}")
+    return result
+
+
+def summarize_open_loop(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of the latencies and CPU over rounds; the worst progress and errors."""
+    def med(get: Callable[[dict[str, Any]], Any]) -> float | None:
+        values = [v for v in (get(r) for r in runs) if v is not None]
+        return median(values) if values else None
+
+    peaks: dict[str, float] = {}
+    for run in runs:
+        for name, mib in run["rss_peak_mib"].items():
+            role = name.rsplit(" ", 1)[0]
+            peaks[role] = max(peaks.get(role, 0.0), mib or 0.0)
+    return {
+        "rounds": len(runs),
+        "uploads": runs[0]["uploads"] if runs else None,
+        "progressing_min": min((r["progressing"] for r in runs), default=None),
+        "patch_errors_max": max((r["patch_errors"] for r in runs), default=None),
+        "ended_early": [r["patches_ended_early"] for r in runs],
+        "running_p50_ms": med(lambda r: r["heads"]["running"]["p50_ms"]),
+        "running_p99_ms": med(lambda r: r["heads"]["running"]["p99_ms"]),
+        "idle_p50_ms": med(lambda r: r["heads"]["idle"]["p50_ms"]),
+        "idle_p99_ms": med(lambda r: r["heads"]["idle"]["p99_ms"]),
+        "head_errors": [r["head_errors"] for r in runs],
+        "server_cpu_cores": med(lambda r: r["server_cpu_cores"]),
+        "client_cpu_cores": med(lambda r: r["client_cpu_cores"]),
+        "client_lag_p99_ms": med(lambda r: r["client_lag_p99_ms"]),
+        "client_lag_max_ms": max((r["client_lag_max_ms"] or 0 for r in runs), default=None),
+        "received_mb_s": med(lambda r: r["received_mb_s"]),
+        "rss_peak_mib": peaks,
+    }
+
+
 def _probe(ep: Endpoint, path: str, errors: Counter[str]) -> float:
     """Seconds one HEAD took on a new connection; inf when it failed."""
     started = time.perf_counter()
@@ -1140,6 +1229,22 @@ def evaluate(results: dict[str, Any], plan: argparse.Namespace) -> list[Target]:
         same = e["resumable"]["same"]
         targets.append(Target("e", "worker peak RSS the same for both sizes",
                               e["resumable"]["same_text"], same))
+    for name, g in results.get("g", {}).items():
+        if not name.startswith("resumable"):
+            continue
+        s = g["summary"]
+        label = LABELS[name]
+        targets.append(Target(
+            "g", f"{label}: every upload progresses, no PATCH error",
+            f"{s['progressing_min']}/{s['uploads']}, errors {s['patch_errors_max']}",
+            s["progressing_min"] == s["uploads"] and s["patch_errors_max"] == 0))
+        for kind in ("running", "idle"):
+            p99 = s[f"{kind}_p99_ms"]
+            targets.append(Target("g", f"{label}: HEAD p99 < 50 ms on {kind} uploads",
+                                  f"{_fmt(p99)} ms", None if p99 is None else p99 < 50))
+        top = max(s["rss_peak_mib"].values(), default=None)
+        targets.append(Target("g", f"{label}: every process's peak RSS < 150 MiB",
+                              f"max {_fmt(top)} MiB", None if top is None else top < 150))
     if "f" in results and "resumable" in results["f"]:
         f = results["f"]["resumable"]
         if "error" in f:
@@ -1247,6 +1352,25 @@ def print_report(results: dict[str, Any], document: dict[str, Any],
             print(f"    {'':<12} client kept pace on {client['kept_pace']}/{f['uploads']} "
                   f"(blocked sends on {client['with_blocked_sends']}); peak RSS MiB: {peaks}")
             print(f"    {'':<12} mid-hold: {spread}")
+    if "g" in results:
+        print()
+        print(f"(g) {plan['uploads_g']} slow uploads at {format_size(plan['rate_g'])}/s, "
+              f"open-loop HEADs {plan['running_heads_g']:g}/s on running + "
+              f"{plan['idle_heads_g']:g}/s on idle uploads, {plan['seconds_g']:g} s "
+              "(medians over rounds; progress and errors: the worst round):")
+        for name, g in results["g"].items():
+            s = g["summary"]
+            peaks = ", ".join(f"{role} {_fmt(mib)}" for role, mib in s["rss_peak_mib"].items())
+            print(f"    {LABELS[name]:<18} progressing {s['progressing_min']}/{s['uploads']}, "
+                  f"PATCHes ended early {s['ended_early']}, received "
+                  f"{_fmt(s['received_mb_s'])} MB/s")
+            print(f"    {'':<18} HEAD running p50 {_fmt(s['running_p50_ms'])} p99 "
+                  f"{_fmt(s['running_p99_ms'])} ms; idle p50 {_fmt(s['idle_p50_ms'])} p99 "
+                  f"{_fmt(s['idle_p99_ms'])} ms; HEAD errors {s['head_errors']}")
+            print(f"    {'':<18} server CPU {_fmt(s['server_cpu_cores'], '.2f')} cores; client "
+                  f"CPU {_fmt(s['client_cpu_cores'], '.2f')} cores, loop lag p99 "
+                  f"{_fmt(s['client_lag_p99_ms'])} ms max {_fmt(s['client_lag_max_ms'])} ms")
+            print(f"    {'':<18} peak RSS MiB: {peaks}")
     client_a = results.get("a", {}).get("client", {}).get("value")
     if client_a is not None:
         print()
@@ -1354,7 +1478,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"rounds per workload, median reported (default {FULL['rounds']}; "
                              "at least 3 for a real comparison)")
     parser.add_argument("--workloads", default=WORKLOADS,
-                        help="which workloads, e.g. a,b,f (default all: a,b,c,d,e,f)")
+                        help="which workloads, e.g. a,b,f (default all: a,b,c,d,e,f,g)")
     parser.add_argument("--size-a", type=size, default=None,
                         help="(a)/(b) upload size (default 1GiB; --quick 64MiB)")
     parser.add_argument("--size-e", type=size, default=None,
@@ -1381,6 +1505,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="(f) seconds held (default 20; --quick 8)")
     parser.add_argument("--heads", type=int, default=None,
                         help="(f) HEAD latency probes (default 200; --quick 50)")
+    parser.add_argument("--uploads-g", type=int, default=None,
+                        help="(g) slow uploads held at once (default 500)")
+    parser.add_argument("--rate-g", type=size, default=None,
+                        help="(g) bytes per second each (default 64KiB)")
+    parser.add_argument("--seconds-g", type=float, default=None,
+                        help="(g) seconds of open-loop HEADs (default 20; --quick 8)")
+    parser.add_argument("--running-heads-g", type=float, default=None,
+                        help="(g) HEADs per second on running uploads (default 50)")
+    parser.add_argument("--idle-heads-g", type=float, default=None,
+                        help="(g) HEADs per second on idle uploads (default 10)")
+    parser.add_argument("--rounds-g", type=int, default=None,
+                        help="(g) rounds (default 3; --quick 1)")
     parser.add_argument("--prime", action=argparse.BooleanOptionalAction, default=True,
                         help="write and remove an untimed file of the same size before each "
                              "timed bulk step (default on)")
@@ -1405,7 +1541,8 @@ def resolve_plan(args: argparse.Namespace) -> argparse.Namespace:
     if unknown or not letters:
         raise ValueError(f"--workloads: unknown {unknown}; use letters of {WORKLOADS}")
     args.workloads = "".join(c for c in WORKLOADS if c in letters)
-    if min(args.rounds, args.rounds_e, args.uploads_c, args.clients_d, args.slow_uploads) < 1:
+    if min(args.rounds, args.rounds_e, args.uploads_c, args.clients_d, args.slow_uploads,
+           args.rounds_g, args.uploads_g) < 1:
         raise ValueError("rounds, uploads, clients must be at least 1")
     return args
 
@@ -1436,7 +1573,9 @@ def main(argv: list[str] | None = None) -> int:
     scratch = workdir / "scratch"
     scratch.mkdir()
     ctx = Context(plan, buffer, scratch)
-    logs = {name: plan.json.with_name(f"{plan.json.stem}.{name}.log") for name in SUBJECTS}
+    logs = {name: plan.json.with_name(f"{plan.json.stem}.{name}.log")
+            for name in (*SUBJECTS, "resumable-redis")}
+    redis: RedisProcess | None = None
     servers: dict[str, Any] = {}
     results: dict[str, Any] = {}
     trouble: dict[str, list[str]] = {}
@@ -1452,6 +1591,14 @@ def main(argv: list[str] | None = None) -> int:
         config["free_bytes_at_start"] = shutil.disk_usage(workdir).free
         config["rlimit_nofile"] = list(nofile)
         endpoints = [endpoint_of("tus-node", tus), endpoint_of("resumable", ours)]
+        if "g" in plan.workloads and shutil.which("redis-server"):
+            # (g) also runs against the Redis registry, with a private redis-server.
+            redis = RedisProcess(workdir / "redis").start()
+            with_redis = ServerProcess(workdir / "resumable-redis",
+                                       workdir / "resumable-redis.log",
+                                       workers=Settings.workers, redis_url=redis.url).start()
+            servers["resumable-redis"] = with_redis
+            ctx.extra_endpoints.append(endpoint_of("resumable-redis", with_redis))
         print(f"servers: @tus/server pid {tus.all_pids()} port {tus.port}; resumable master "
               f"{ours.master_pid} workers {ours.worker_pids()} port {ours.port}; "
               f"data in {workdir}", flush=True)
@@ -1470,10 +1617,13 @@ def main(argv: list[str] | None = None) -> int:
                 ctx.problem(f"{LABELS[name]} had exited before the end of the run")
             server.stop()
             text = server.log()
-            trouble[name] = log_trouble(text) if name == "resumable" else node_trouble(text)
+            trouble[name] = (log_trouble(text) if name.startswith("resumable")
+                             else node_trouble(text))
             with contextlib.suppress(OSError):
                 logs[name].parent.mkdir(parents=True, exist_ok=True)
                 logs[name].write_text(text)
+        if redis is not None:
+            redis.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     pids = worker_pids["resumable"]
     if len(pids) == 2 and sorted(pids[0]) != sorted(pids[1]):
@@ -1494,7 +1644,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": [{**asdict(t), "verdict": t.verdict} for t in targets],
         "problems": ctx.problems,
         "server_logs": {name: {"path": str(logs[name]), "trouble": trouble.get(name, [])}
-                        for name in SUBJECTS},
+                        for name in servers},
     }
     print_report(results, document, targets)
     plan.json.parent.mkdir(parents=True, exist_ok=True)
@@ -1604,6 +1754,31 @@ def run_workloads(ctx: Context, plan: argparse.Namespace, endpoints: list[Endpoi
                     ctx.problem(f"(f) {LABELS[ep.name]}: PATCHes answered early "
                                 f"{f['client']['early_answers']} / failed "
                                 f"{f['client']['failed']}")
+    if "g" in plan.workloads:
+        g_endpoints = [*endpoints, *ctx.extra_endpoints]
+        print(f"(g) {plan.uploads_g} slow uploads at {format_size(plan.rate_g)}/s, open-loop "
+              f"HEADs {plan.running_heads_g:g}/s running + {plan.idle_heads_g:g}/s idle for "
+              f"{plan.seconds_g:g} s, {plan.rounds_g} rounds", flush=True)
+        runs: dict[str, list[dict[str, Any]]] = {ep.name: [] for ep in g_endpoints}
+        for round_number in range(plan.rounds_g):
+            for ep in g_endpoints:
+                try:
+                    run = run_open_loop_step(ctx, ep)
+                except Exception as exc:  # noqa: BLE001 - recorded, the others still run
+                    ctx.problem(f"(g) {LABELS[ep.name]}: {type(exc).__name__}: {exc}")
+                    continue
+                runs[ep.name].append(run)
+                heads = run["heads"]
+                print(f"  (g) round {round_number + 1} {LABELS[ep.name]}: progressing "
+                      f"{run['progressing']}/{run['uploads']}, ended early "
+                      f"{run['patches_ended_early']}, HEAD p99 running "
+                      f"{_fmt(heads['running']['p99_ms'])} ms idle "
+                      f"{_fmt(heads['idle']['p99_ms'])} ms, server "
+                      f"{_fmt(run['server_cpu_cores'], '.2f')} cores, client "
+                      f"{_fmt(run['client_cpu_cores'], '.2f')} cores (lag p99 "
+                      f"{_fmt(run['client_lag_p99_ms'])} ms)", flush=True)
+        results["g"] = {name: {"summary": summarize_open_loop(r), "runs": r}
+                        for name, r in runs.items() if r}
 
 
 if __name__ == "__main__":
