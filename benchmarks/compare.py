@@ -19,7 +19,7 @@ both), and stops them at the end:
     ``npm ci`` runs there when node_modules is missing or does not match.
 resumable
     ``python -m resumable serve`` with its defaults (gunicorn, gthread, 2 workers
-    x 256 threads, embedded registry); only host, port, data directory and
+    x 1024 threads, embedded registry); only host, port, data directory and
     ``--log-level warning`` are given.
 
 Neither fsyncs (@tus/file-store never does, resumable's ``--fsync`` is off by
