@@ -11,6 +11,7 @@ import contextlib
 import datetime
 import http.client
 import importlib.metadata
+import math
 import multiprocessing
 import os
 import platform
@@ -97,6 +98,23 @@ def mib_per_s(size: int, seconds: float) -> float:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def to_ms(seconds: float) -> float | None:
+    """Seconds as rounded milliseconds for a report; inf stays inf (never answered)."""
+    if math.isnan(seconds):
+        return None
+    return math.inf if math.isinf(seconds) else round(1000 * seconds, 2)
+
+
+def data_file_of(data_dir: Path, path: str) -> Path | None:
+    """An upload's data file: @tus/file-store keeps it as DIR/<id>, resumable as
+    DIR/uploads/<id>; None when neither exists."""
+    upload_id = path.rsplit("/", 1)[-1]
+    for candidate in (data_dir / upload_id, data_dir / "uploads" / upload_id):
+        if candidate.exists():
+            return candidate
+    return None
 
 
 def to_mib(size: int | None) -> float | None:

@@ -172,6 +172,7 @@ from benchmarks.common import (  # noqa: E402
     RssSampler,
     ServerProcess,
     baseline_write,
+    data_file_of,
     fill_buffer,
     format_size,
     free_port,
@@ -192,6 +193,7 @@ from benchmarks.common import (  # noqa: E402
     raw_patch,
     request,
     to_mib,
+    to_ms,
     wait_until,
 )
 from benchmarks.slow_clients import Plan as OpenLoopPlan  # noqa: E402
@@ -881,12 +883,11 @@ def file_offsets(data_dir: Path, paths: list[str]) -> tuple[list[int | None], fl
     t0 = time.perf_counter()
     offsets: list[int | None] = []
     for path in paths:
-        upload_id = path.rsplit("/", 1)[-1]
+        data = data_file_of(data_dir, path)
         size = None
-        for candidate in (data_dir / upload_id, data_dir / "uploads" / upload_id):
+        if data is not None:
             with contextlib.suppress(OSError):
-                size = candidate.stat().st_size
-                break
+                size = data.stat().st_size
         offsets.append(size)
     return offsets, time.perf_counter() - t0
 
@@ -970,11 +971,11 @@ def run_slow(ctx: Context, ep: Endpoint) -> dict[str, Any]:
         "sweep_s": [round(first_s, 3), round(second_s, 3)],
         "heads": len(latencies),
         "head_errors": dict(head_errors),
-        "head_p50_ms": _ms(percentile(latencies, 50)),
-        "head_p99_ms": _ms(percentile(latencies, 99)),
-        "head_max_ms": _ms(max(latencies) if latencies else math.nan),
-        "idle_head_p50_ms": _ms(percentile(idle_latencies or latencies, 50)),
-        "idle_head_p99_ms": _ms(percentile(idle_latencies or latencies, 99)),
+        "head_p50_ms": to_ms(percentile(latencies, 50)),
+        "head_p99_ms": to_ms(percentile(latencies, 99)),
+        "head_max_ms": to_ms(max(latencies) if latencies else math.nan),
+        "idle_head_p50_ms": to_ms(percentile(idle_latencies or latencies, 50)),
+        "idle_head_p99_ms": to_ms(percentile(idle_latencies or latencies, 99)),
         "rss_peak_mib": {str(pid): to_mib(rss) for pid, rss in sampler.peak.items()},
         "roles": {str(pid): role for pid, role in _roles(ep, sampler.peak).items()},
     })
@@ -997,15 +998,7 @@ def run_open_loop_step(ctx: Context, ep: Endpoint) -> dict[str, Any]:
     idle_paths = create_many(ep, 16, length)
     server = ep.server
     assert server is not None
-    data_dir = server.data_dir
-
-    def data_file(path: str) -> Path | None:
-        upload_id = path.rsplit("/", 1)[-1]
-        for candidate in (data_dir / upload_id, data_dir / "uploads" / upload_id):
-            if candidate.exists():
-                return candidate
-        return None
-
+    data_file = functools.partial(data_file_of, server.data_dir)
     with RssSampler(ep.pids, 0.1) as sampler:
         result = run_open_loop(OpenLoopPlan(
             host=ep.host, port=ep.port, paths=paths, idle_paths=idle_paths, length=length,
@@ -1066,12 +1059,6 @@ def _probe(ep: Endpoint, path: str, errors: Counter[str]) -> float:
         errors[f"status {status}"] += 1
         return math.inf
     return time.perf_counter() - started
-
-
-def _ms(seconds: float) -> float | None:
-    if math.isnan(seconds):
-        return None
-    return math.inf if math.isinf(seconds) else round(1000 * seconds, 2)
 
 
 # --------------------------------------------------------------------------

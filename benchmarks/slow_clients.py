@@ -30,9 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import percentile, proc_cpu_seconds
+from benchmarks.common import OFFSET_STREAM, percentile, proc_cpu_seconds, to_ms
 
-OFFSET_STREAM = "application/offset+octet-stream"
 TICK = 0.1
 HEAD_TIMEOUT = 10.0
 #: More than this many seconds of data waiting in the client's buffer: the server is
@@ -260,17 +259,17 @@ class OpenLoop:
             "heads": {
                 kind: {
                     "sent": len(values),
-                    "p50_ms": _ms(percentile(values, 50)),
-                    "p99_ms": _ms(percentile(values, 99)),
-                    "max_ms": _ms(max(values) if values else math.nan),
+                    "p50_ms": to_ms(percentile(values, 50)),
+                    "p99_ms": to_ms(percentile(values, 99)),
+                    "max_ms": to_ms(max(values) if values else math.nan),
                 }
                 for kind, values in self.heads.items()
             },
             "head_errors": dict(self.head_errors),
             "server_cpu_cores": round(server_cpu / wall, 2) if wall else None,
             "client_cpu_cores": round(client_cpu / wall, 2) if wall else None,
-            "client_lag_p99_ms": _ms(percentile(self.lags, 99)),
-            "client_lag_max_ms": _ms(max(self.lags) if self.lags else math.nan),
+            "client_lag_p99_ms": to_ms(percentile(self.lags, 99)),
+            "client_lag_max_ms": to_ms(max(self.lags) if self.lags else math.nan),
             "received_mb_s": round(
                 sum((b or 0) - (a or 0) for a, b in zip(first, second, strict=True)) / wall / 1e6, 2
             ),
@@ -289,12 +288,6 @@ class OpenLoop:
 
     def _server_cpu(self) -> float:
         return sum(proc_cpu_seconds(pid) or 0.0 for pid in self.plan.server_pids())
-
-
-def _ms(seconds: float) -> float | None:
-    if math.isnan(seconds):
-        return None
-    return math.inf if math.isinf(seconds) else round(1000 * seconds, 2)
 
 
 def run_open_loop(plan: Plan) -> dict[str, Any]:

@@ -161,14 +161,12 @@ class _Run:
         self.written = 0
         now = time.monotonic()
         self.last_data = now
-        self.last_commit = now
         #: The current --min-body-rate window: when it ends, and ``written`` at its start.
         self.window_end = now + self.settings.read_timeout
         self.window_start_written = 0
         self.window_minimum = self.settings.min_body_rate * self.settings.read_timeout
         self.committed = 0
         self.wakeup = lease.wakeup
-        self.wake_fd = lease.wakeup.fd
         self.next_renewal = now + lease.interval
         #: When bytes that arrived by then are committed (not while staged).
         self.commit_due = math.inf if self.staged else now + self.settings.commit_seconds
@@ -251,6 +249,7 @@ class _Run:
         lease = self.lease
         checksum = self.checksum
         commit_every = None if self.staged else self.settings.commit_bytes
+        wakeup = self.wakeup
         room = limit
         size = len(view)
         while True:
@@ -277,7 +276,7 @@ class _Run:
                 return True
             now = time.monotonic()
             self.last_data = now
-            if now >= self.next_check or self.wakeup.rung:
+            if now >= self.next_check or wakeup.rung:
                 self._heartbeat(now)
 
     def _splice_loop(self, body: RequestBody, size: int) -> None:
@@ -289,6 +288,7 @@ class _Run:
         fd = self.fd
         lease = self.lease
         commit_every = self.settings.commit_bytes
+        wakeup = self.wakeup
 
         def check_lease() -> None:
             if not lease.is_valid():
@@ -303,10 +303,14 @@ class _Run:
                 self._commit()
             now = time.monotonic()
             self.last_data = now
-            if now >= self.next_check or self.wakeup.rung:
+            if now >= self.next_check or wakeup.rung:
                 self._heartbeat(now)
 
     # -- timers ------------------------------------------------------------------
+
+    @property
+    def wake_fd(self) -> int:
+        return self.wakeup.fd
 
     def next_wait(self) -> float:
         """Seconds the body reader may sleep without a byte: to the nearest deadline.
@@ -377,9 +381,8 @@ class _Run:
         self.expiry.stamp(self.record, time.time())
         self.registry.save(self.lease, self.record)
         self.committed = self.written
-        self.last_commit = time.monotonic()
         if not self.staged:
-            self.commit_due = self.last_commit + self.settings.commit_seconds
+            self.commit_due = time.monotonic() + self.settings.commit_seconds
         self._schedule()
 
     def _discard(self) -> None:

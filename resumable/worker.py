@@ -33,8 +33,8 @@ from concurrent import futures
 from gunicorn.workers.gthread import ThreadWorker
 
 from .body import serving
+from .settings import Settings
 
-DEFAULT_HEADER_TIMEOUT = 30.0
 #: Threads that close connections, each lingering up to two seconds.
 CLOSING_THREADS = 8
 
@@ -61,7 +61,6 @@ class HeaderDeadlines:
         self.armed: OrderedDict[int, tuple[float, socket.socket]] = OrderedDict()
         self.changed = threading.Condition()
         self.tokens = itertools.count()
-        self.cut_count = 0
         self.thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -95,7 +94,6 @@ class HeaderDeadlines:
                         del self.armed[token]
                         break
                     self.changed.wait(delay)
-            self.cut_count += 1
             cut(sock)
 
 
@@ -111,8 +109,9 @@ class ResumableThreadWorker(ThreadWorker):
     """gunicorn's gthread worker with :class:`HeaderDeadlines` around each request's head."""
 
     def init_process(self) -> None:
-        settings = getattr(self.app, "settings", None)
-        timeout = getattr(settings, "header_timeout", DEFAULT_HEADER_TIMEOUT)
+        # resumable serve hands its Settings over; under another app, the default.
+        settings = getattr(self.app, "settings", None) or Settings()
+        timeout = settings.header_timeout
         self.header_deadlines = HeaderDeadlines(timeout)
         self.header_deadlines.start()
         self.closer = futures.ThreadPoolExecutor(CLOSING_THREADS, thread_name_prefix="closer")
