@@ -48,6 +48,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from .storage import write_all
+
 try:
     from gunicorn.http.body import Body as GunicornBody
     from gunicorn.http.body import ChunkedReader, LengthReader
@@ -95,11 +97,6 @@ def _open_pipe() -> tuple[int, int, int]:
         size = fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ)
     return read_end, write_end, size
 
-
-def _write_all(fd: int, data: memoryview) -> None:
-    written = os.write(fd, data)
-    while written < len(data):
-        written += os.write(fd, data[written:])
 
 
 class BodyError(Exception):
@@ -216,9 +213,14 @@ class SocketSource:
         #: Bytes were taken from the socket and then dropped: the body's
         #: count is off, so it must not be drained, only closed.
         self.lost_bytes = False
+        #: The low-water mark wanted, and the one the socket has: it is set
+        #: only before a poll, so a body that came whole with its headers
+        #: (most small ones) costs no socket call at all.
         self.lowat = 1
-        self.previous_timeout = sock.gettimeout()
-        sock.setblocking(False)
+        self.socket_lowat = 1
+        #: gunicorn's timeout, saved when the socket is first made non-blocking.
+        self.previous_timeout: float | None = None
+        self.armed = False
         self.use(waiter)
 
     def use(self, waiter: Waiter) -> None:
@@ -228,13 +230,22 @@ class SocketSource:
         if waiter.wake_fd >= 0:
             self.poller.register(waiter.wake_fd, select.POLLIN)
 
+    def _arm(self) -> None:
+        """Make the socket non-blocking before the first read of it."""
+        if not self.armed:
+            self.previous_timeout = self.sock.gettimeout()
+            self.sock.setblocking(False)
+            self.armed = True
+
     def set_low_water(self, count: int) -> None:
         """Have poll report the socket readable only once ``count`` bytes are there."""
-        count = max(1, min(count, LOW_WATER))
-        if count != self.lowat:
+        self.lowat = max(1, min(count, LOW_WATER))
+
+    def _apply_low_water(self, count: int) -> None:
+        if count != self.socket_lowat:
             try:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, count)
-                self.lowat = count
+                self.socket_lowat = count
             except OSError:
                 pass  # not supported here: every packet wakes the reader
 
@@ -243,6 +254,7 @@ class SocketSource:
         timeout = self.waiter.next_wait()
         if timeout <= 0:
             return False
+        self._apply_low_water(self.lowat)
         events = self.poller.poll(min(MAX_POLL_MS, int(timeout * 1000) + 1))
         return any(fd == self.fileno and mask & _READY for fd, mask in events)
 
@@ -261,6 +273,7 @@ class SocketSource:
         the low-water mark) are taken first and returned; the holder acts
         after writing them, so what it commits includes them.
         """
+        self._arm()
         waited = False
         while True:
             try:
@@ -315,9 +328,10 @@ class SocketSource:
         if self.pending:
             n = min(count, len(self.pending))
             before_write()
-            _write_all(fd, memoryview(self.pending)[:n])
+            write_all(fd, memoryview(self.pending)[:n])
             del self.pending[:n]
             return n
+        self._arm()
         if self.pipe is None:
             self.pipe = _open_pipe()
         pipe_read, pipe_write, pipe_size = self.pipe
@@ -359,11 +373,13 @@ class SocketSource:
     def restore(self) -> None:
         """Give the socket back as gunicorn had it: its timeout, and a low-water mark of 1."""
         self._close_pipe()
-        self.set_low_water(1)
-        try:
-            self.sock.settimeout(self.previous_timeout)
-        except OSError:
-            pass
+        self._apply_low_water(1)
+        if self.armed:
+            try:
+                self.sock.settimeout(self.previous_timeout)
+            except OSError:
+                pass
+            self.armed = False
 
 
 class _GunicornBody(RequestBody):

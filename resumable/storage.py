@@ -52,6 +52,13 @@ def open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
     return os.open(path, flags | NOFOLLOW, mode)
 
 
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """``os.write`` until every byte is written (a write may take only part)."""
+    written = os.write(fd, data)
+    while written < len(data):
+        written += os.write(fd, data[written:])
+
+
 class FileStore:
     def __init__(self, root: str | os.PathLike[str], fsync: bool = False, mode: int | None = None):
         self.root = Path(root)
@@ -72,10 +79,10 @@ class FileStore:
 
     # -- sidecar records -------------------------------------------------------
 
-    def create_data(self, upload_id: str) -> None:
-        """The empty data file of a new upload; its sidecar makes it exist later."""
+    def create_data(self, upload_id: str) -> int:
+        """A new upload's empty data file, open read-write; its sidecar makes it exist later."""
         try:
-            os.close(open_nofollow(self.data_path(upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+            return open_nofollow(self.data_path(upload_id), os.O_RDWR | os.O_CREAT | os.O_EXCL)
         except OSError as error:
             raise_if_disk_full(error)
             raise
@@ -84,14 +91,15 @@ class FileStore:
         path = self.sidecar_path(record.id)
         # Unique per call: two threads (or a lapsed and a new holder) never
         # write into each other's temporary file.
-        temporary = path.with_suffix(f".json.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        temporary = path.with_suffix(f".json.{secrets.token_hex(8)}.tmp")
         try:
             fd = open_nofollow(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-            with open(fd, "w", encoding="utf-8") as handle:
-                handle.write(record.to_json())
+            try:
+                write_all(fd, record.to_json().encode())
                 if self.fsync:
-                    handle.flush()
-                    os.fsync(handle.fileno())
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(temporary, path)  # replaces a planted link itself, never its target
         except OSError as error:
             with contextlib.suppress(OSError):

@@ -60,7 +60,7 @@ from .protocol import (
 from .records import UploadRecord
 from .registry import Lease, LeaseLost, Mailbox, Registry
 from .settings import Settings
-from .storage import FileStore
+from .storage import FileStore, write_all
 
 
 class _HandOver(Exception):
@@ -181,7 +181,9 @@ class _Run:
         view = memoryview(buffer)
         drain = False  # read the rest of a small body the client is still sending
         try:
-            self.fd = self.store.open_for_append(self.record.id, self.start)
+            self.fd = self.lease.take_data_fd()
+            if self.fd < 0:
+                self.fd = self.store.open_for_append(self.record.id, self.start)
             overflow = self._loop(body, view, limit)
             if overflow:
                 drain = True
@@ -264,7 +266,7 @@ class _Run:
                 if not lease.is_valid():
                     raise LeaseLost(self.record.id)
                 chunk = view[:accepted]
-                _write_all(fd, chunk)
+                write_all(fd, chunk)
                 if checksum is not None:
                     checksum.update(chunk)
                 self.written += accepted
@@ -448,9 +450,3 @@ class _Run:
                 self._commit()
             except LeaseLost:
                 pass
-
-
-def _write_all(fd: int, chunk: memoryview) -> None:
-    written = os.write(fd, chunk)
-    while written < len(chunk):
-        written += os.write(fd, chunk[written:])

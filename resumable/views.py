@@ -174,6 +174,7 @@ def _create_with_data(
     try:
         record = _append(lease, record, checksum, trailer)
     except TusError as error:
+        lease.release()
         if not lease.born:
             registry.save(lease, record)  # the answer names it: make it exist
         error.headers.setdefault("Location", location)
@@ -181,6 +182,7 @@ def _create_with_data(
     except BaseException:
         registry.abandon(lease)
         raise
+    lease.release()
     if not lease.born:
         registry.save(lease, record)
     return record

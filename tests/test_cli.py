@@ -365,7 +365,7 @@ def test_gc_with_redis_down_is_one_line(tmp_path: Path) -> None:
     """With an upload to look at (its record would be read from Redis) and with none."""
     store = FileStore(tmp_path / "with-upload")
     record = UploadRecord(id=new_upload_id(), length=10, created=1.0)
-    store.create_data(record.id)
+    os.close(store.create_data(record.id))
     store.write_sidecar(record)
     url = f"redis://127.0.0.1:{free_port()}/0"
     for data_dir in (store.root, tmp_path / "empty"):
