@@ -141,7 +141,9 @@ def main() -> int:
     try:
         time.sleep(3)
         workers = workers_of(server.pid)
-        spy = shutil.which("py-spy")
+        # The virtualenv's bin directory is often not on PATH: look beside the interpreter too.
+        beside = str(Path(sys.executable).parent)
+        spy = shutil.which("py-spy") or shutil.which("py-spy", path=beside)
         raws = [data.parent / f"{data.name}-{pid}.raw" for pid in workers]
         spies = [
             subprocess.Popen(
