@@ -15,6 +15,7 @@ plant anything in the first place.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import secrets
@@ -50,6 +51,33 @@ def make_private_dir(path: Path, mode: int | None = None) -> None:
 
 def open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
     return os.open(path, flags | NOFOLLOW, mode)
+
+
+#: fallocate(2) with FALLOC_FL_KEEP_SIZE, where the C library has it: the
+#: standard library offers only posix_fallocate, which moves the end of file.
+_FALLOC_FL_KEEP_SIZE = 1
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _fallocate = _libc.fallocate64
+    _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    _fallocate.restype = ctypes.c_int
+except (OSError, AttributeError):  # pragma: no cover - not Linux with glibc
+    _fallocate = None
+
+
+def preallocate(fd: int, offset: int, length: int) -> bool:
+    """Reserve disk blocks for bytes about to be written, without moving the end of file.
+
+    Writing into reserved blocks spares the file system its per-page block
+    reservation, which is a large part of the kernel's work when a body
+    streams into the page cache. The end of file stays where the recorded
+    offset is, so nothing about what was acknowledged changes. False when
+    the system or file system cannot (or the disk has no room left for the
+    whole range): the caller then just writes, and a full disk shows there.
+    """
+    if _fallocate is None:
+        return False
+    return _fallocate(fd, _FALLOC_FL_KEEP_SIZE, offset, length) == 0
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:

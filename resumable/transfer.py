@@ -60,7 +60,7 @@ from .protocol import (
 from .records import UploadRecord
 from .registry import Lease, LeaseLost, Mailbox, Registry
 from .settings import Settings
-from .storage import FileStore, write_all
+from .storage import FileStore, preallocate, write_all
 
 
 class _HandOver(Exception):
@@ -69,6 +69,8 @@ class _HandOver(Exception):
 
 #: Bytes given back on a full disk so the offset can still be committed.
 ROOM_ON_FULL_DISK = 64 * 1024
+#: How far ahead of a large body's bytes disk blocks are reserved.
+PREALLOCATE_BYTES = 64 * 1024 * 1024
 
 
 class BufferPool:
@@ -291,12 +293,19 @@ class _Run:
         lease = self.lease
         commit_every = self.settings.commit_bytes
         wakeup = self.wakeup
+        # Blocks are reserved a window ahead of the bytes (see storage.preallocate),
+        # never beyond the declared body, so a slow client reserves little.
+        end = self.start + (body.declared_length or 0)
+        reserved = self.start
 
         def check_lease() -> None:
             if not lease.is_valid():
                 raise LeaseLost(self.record.id)
 
         while True:
+            if reserved < end and self.start + self.written + size > reserved:
+                step = min(PREALLOCATE_BYTES, end - reserved)
+                reserved = reserved + step if preallocate(fd, reserved, step) else end
             n = body.splice_into(fd, size, check_lease)
             if n == 0:
                 return
