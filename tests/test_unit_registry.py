@@ -16,7 +16,7 @@ import redis
 from resumable.expiry import ExpiryPolicy
 from resumable.protocol import Locked, new_upload_id
 from resumable.records import UploadRecord
-from resumable.registry import LeaseLost, Mailbox, Registry
+from resumable.registry import LeaseLost, Mailbox, Registry, ReleaseState
 from resumable.registry.embedded import EmbeddedRegistry
 from resumable.registry.redis import RedisRegistry
 from resumable.storage import FileStore
@@ -85,15 +85,18 @@ def test_hard_request_reaches_the_holder_and_new_holder_starts_clean(registry: R
 def test_soft_request_is_acknowledged_and_never_downgrades_hard(registry: Registry) -> None:
     record = _new(registry)
     lease = registry.acquire(record.id)
+    assert registry.release_state(record.id) is ReleaseState.PENDING
     assert registry.request_release(record.id, hard=False)
+    assert registry.release_state(record.id) is ReleaseState.PENDING
     assert lease.heartbeat() is Mailbox.SOFT_RELEASE
     lease.acknowledge()
-    assert registry.request_state(record.id) == "acknowledged"
+    assert registry.release_state(record.id) is ReleaseState.ACKNOWLEDGED
     assert lease.heartbeat() is Mailbox.HELD
     registry.request_release(record.id, hard=True)
     registry.request_release(record.id, hard=False)
     assert lease.heartbeat() is Mailbox.HARD_RELEASE
     lease.release()
+    assert registry.release_state(record.id) is ReleaseState.UNLOCKED
 
 
 def test_no_release_request_without_a_holder(registry: Registry) -> None:

@@ -7,9 +7,17 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..settings import Settings
 from ..storage import FileStore
-from .base import Lease, LeaseLost, Mailbox, Registry
+from .base import Lease, LeaseLost, Mailbox, Registry, ReleaseState
 
-__all__ = ["UNAVAILABLE", "Lease", "LeaseLost", "Mailbox", "Registry", "make_registry"]
+__all__ = [
+    "UNAVAILABLE",
+    "Lease",
+    "LeaseLost",
+    "Mailbox",
+    "Registry",
+    "ReleaseState",
+    "make_registry",
+]
 
 #: What a registry raises while its backend cannot be reached (the app answers 503).
 UNAVAILABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)

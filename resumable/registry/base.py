@@ -33,6 +33,9 @@ from ..storage import FileStore
 from .wakeups import Silent, Wakeup
 
 POLL_SECONDS = 0.01
+#: A holder usually answers a soft request within a few milliseconds: the
+#: requester looks this soon first, then every POLL_SECONDS.
+FIRST_LOOK_SECONDS = 0.003
 REPEAT_REQUEST_SECONDS = 0.5
 
 
@@ -43,6 +46,14 @@ class Mailbox(enum.Enum):
     SOFT_RELEASE = "soft"  # a reader wants the newest offset committed
     HARD_RELEASE = "hard"  # a writer wants the lock
     LOST = "lost"  # the lease expired and someone else may own the upload
+
+
+class ReleaseState(enum.Enum):
+    """What a request waiting on a holder finds (see ``Registry.settle``)."""
+
+    UNLOCKED = "unlocked"  # nobody holds the upload: its record is final for now
+    ACKNOWLEDGED = "acknowledged"  # the holder committed what it had, for a soft request
+    PENDING = "pending"  # held, and not answered yet
 
 
 class LeaseLost(Exception):
@@ -209,8 +220,8 @@ class Registry(ABC):
         """Post a release request to the current holder; False if none holds it."""
 
     @abstractmethod
-    def request_state(self, upload_id: str) -> str | None:
-        """ "acknowledged" once the holder answered a soft request, else None."""
+    def release_state(self, upload_id: str) -> ReleaseState:
+        """Whether the upload is held, and if so whether a soft request was acknowledged."""
 
     @abstractmethod
     def is_locked(self, upload_id: str) -> bool:
@@ -241,18 +252,20 @@ class Registry(ABC):
         soft request, or after ``wait`` (a dead holder whose lease has not run
         out yet); the committed offset is truthful in every case.
         """
-        if not self.is_locked(upload_id):
-            return
         if not self.request_release(upload_id, hard=False):
-            return
-        deadline = time.monotonic() + (self.lock_wait if wait is None else wait)
-        next_request = time.monotonic() + REPEAT_REQUEST_SECONDS
-        while time.monotonic() < deadline:
-            if not self.is_locked(upload_id) or self.request_state(upload_id) == "acknowledged":
+            return  # nobody holds it
+        now = time.monotonic()
+        deadline = now + (self.lock_wait if wait is None else wait)
+        next_request = now + REPEAT_REQUEST_SECONDS
+        pause = FIRST_LOOK_SECONDS
+        while now < deadline:
+            time.sleep(pause)
+            pause = POLL_SECONDS
+            if self.release_state(upload_id) is not ReleaseState.PENDING:
                 return
-            if time.monotonic() >= next_request:
+            now = time.monotonic()
+            if now >= next_request:
                 # The lock may have changed hands, and a new holder starts
                 # with an empty mailbox: ask it too.
                 self.request_release(upload_id, hard=False)
-                next_request = time.monotonic() + REPEAT_REQUEST_SECONDS
-            time.sleep(POLL_SECONDS)
+                next_request = now + REPEAT_REQUEST_SECONDS

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..records import UploadRecord
 from ..storage import FileStore, make_private_dir, open_nofollow
-from .base import Lease, LeaseLost, Mailbox, Registry
+from .base import Lease, LeaseLost, Mailbox, Registry, ReleaseState
 from .wakeups import Doorbells, Wakeup
 
 
@@ -233,9 +233,13 @@ class EmbeddedRegistry(Registry):
             while True:
                 doorbells.ring(inbox.recv(64).decode("ascii", "replace"))
 
-    def request_state(self, upload_id: str) -> str | None:
+    def release_state(self, upload_id: str) -> ReleaseState:
+        if not self.is_locked(upload_id):
+            return ReleaseState.UNLOCKED
         value = self.read_mailbox(upload_id)
-        return "acknowledged" if value and value.startswith("ack:") else None
+        if value and value.startswith("ack:"):
+            return ReleaseState.ACKNOWLEDGED
+        return ReleaseState.PENDING
 
     def is_locked(self, upload_id: str) -> bool:
         try:

@@ -33,7 +33,7 @@ import redis
 from ..records import UploadRecord
 from ..storage import FileStore
 from . import UNAVAILABLE
-from .base import Lease, LeaseLost, Mailbox, Registry
+from .base import Lease, LeaseLost, Mailbox, Registry, ReleaseState
 from .wakeups import Doorbells, Wakeup
 
 TOMBSTONE_SECONDS = 7 * 24 * 3600
@@ -94,6 +94,9 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 redis.call('HSET', KEYS[2], 'offset', ARGV[2], 'length', ARGV[3], 'expires', ARGV[4],
            'finished', ARGV[5])
+if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) == 'soft:' .. ARGV[1] then
+  redis.call('SET', KEYS[3], 'ack:' .. ARGV[1], 'PX', ARGV[6])
+end
 return 1
 """
 
@@ -171,6 +174,9 @@ class RedisLease(Lease):
         self.interval = registry.heartbeat
         self._valid_until = acquired_at + registry.lock_ttl
         self.released = False
+        #: A soft request was read and not acknowledged yet: the next commit
+        #: acknowledges it in the same script, saving the holder a round trip.
+        self.asked_soft = False
 
     def keys(self) -> list[str]:
         return [
@@ -187,10 +193,14 @@ class RedisLease(Lease):
             self._valid_until = 0.0
         else:
             self._valid_until = sent_at + self.registry.lock_ttl
+        self.asked_soft = state is Mailbox.SOFT_RELEASE
         return state
 
     def acknowledge(self) -> None:
-        self.registry.scripts["acknowledge"](self.keys(), [self.token, self.ttl_ms])
+        """Acknowledge a soft request, unless the commit that answered it already did."""
+        if self.asked_soft:
+            self.asked_soft = False
+            self.registry.scripts["acknowledge"](self.keys(), [self.token, self.ttl_ms])
 
     def is_valid(self) -> bool:
         # The renewal was sent at sent_at; Redis expires the key no earlier
@@ -310,17 +320,20 @@ class RedisRegistry(Registry):
     def save_held(self, lease: Lease, record: UploadRecord) -> None:
         assert isinstance(lease, RedisLease)
         saved = self.scripts["save"](
-            [self.key("lock", record.id), self.key("upload", record.id)],
+            [self.key("lock", record.id), self.key("upload", record.id),
+             self.key("release", record.id)],
             [
                 lease.token,
                 record.offset,
                 _optional(record.length),
                 _optional(record.expires),
                 _optional(record.finished),
+                lease.ttl_ms if lease.asked_soft else "",
             ],
         )
         if not saved:
             raise LeaseLost(f"lost the lock on {record.id}")
+        lease.asked_soft = False
         self.store.write_sidecar(record)
 
     def delete(self, lease: Lease) -> None:
@@ -420,9 +433,16 @@ class RedisRegistry(Registry):
                 with contextlib.suppress(Exception):
                     pubsub.close()
 
-    def request_state(self, upload_id: str) -> str | None:
-        value = self.redis.get(self.key("release", upload_id))
-        return "acknowledged" if value and value.startswith(b"ack:") else None
+    def release_state(self, upload_id: str) -> ReleaseState:
+        with self.redis.pipeline(transaction=False) as pipe:  # one round trip
+            pipe.exists(self.key("lock", upload_id))
+            pipe.get(self.key("release", upload_id))
+            locked, value = pipe.execute()
+        if not locked:
+            return ReleaseState.UNLOCKED
+        if value and value.startswith(b"ack:"):
+            return ReleaseState.ACKNOWLEDGED
+        return ReleaseState.PENDING
 
     def is_locked(self, upload_id: str) -> bool:
         return bool(self.redis.exists(self.key("lock", upload_id)))
