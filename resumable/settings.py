@@ -65,7 +65,9 @@ class Settings:
         "by pub/sub); 0: a quarter of --lock-ttl",
     )
     commit_bytes: int = _setting(16 * MiB, "a long PATCH commits its offset every this many bytes")
-    commit_seconds: float = _setting(1.0, "... and at least every this many seconds")
+    commit_seconds: float = _setting(
+        5.0, "... and at least every this many seconds (a HEAD gets the newest offset anyway)"
+    )
     read_timeout: float = _setting(
         60.0, "seconds a request body may stall before the server cuts it and keeps what came"
     )
