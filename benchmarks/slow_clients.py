@@ -73,6 +73,8 @@ class OpenLoop:
         self.chunk = memoryview(bytes(max(1, int(plan.rate * TICK)) * 4))
         self.lags: list[float] = []
         self.heads: dict[str, list[float]] = {"running": [], "idle": []}
+        #: (scheduled time, latency, kind) of every HEAD: when the slow ones left.
+        self.timeline: list[tuple[float, float, str]] = []
         self.head_errors: Counter = Counter()
         self.failures: Counter = Counter()
         self.stopping = False
@@ -173,13 +175,17 @@ class OpenLoop:
             status, _ = await asyncio.wait_for(self._head(path), HEAD_TIMEOUT)
         except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as error:
             self.head_errors[type(error).__name__] += 1
-            self.heads[kind].append(math.inf)
+            self._record(kind, scheduled, math.inf)
             return
         if status != 200:
             self.head_errors[f"status {status}"] += 1
-            self.heads[kind].append(math.inf)
+            self._record(kind, scheduled, math.inf)
             return
-        self.heads[kind].append(time.monotonic() - scheduled)
+        self._record(kind, scheduled, time.monotonic() - scheduled)
+
+    def _record(self, kind: str, scheduled: float, latency: float) -> None:
+        self.heads[kind].append(latency)
+        self.timeline.append((scheduled, latency, kind))
 
     async def _schedule_heads(self, kind: str, paths: Sequence[str], hz: float, until: float):
         """Open loop: the n-th HEAD leaves at start + n / hz, answered or not."""
@@ -266,6 +272,11 @@ class OpenLoop:
                 for kind, values in self.heads.items()
             },
             "head_errors": dict(self.head_errors),
+            # The ten slowest HEADs: seconds into the measurement, latency, which kind.
+            "slowest_heads": [
+                (round(at - started, 2), to_ms(latency), kind)
+                for at, latency, kind in sorted(self.timeline, key=lambda t: -t[1])[:10]
+            ],
             "server_cpu_cores": round(server_cpu / wall, 2) if wall else None,
             "client_cpu_cores": round(client_cpu / wall, 2) if wall else None,
             "client_lag_p99_ms": to_ms(percentile(self.lags, 99)),

@@ -42,6 +42,7 @@ import errno
 import math
 import mmap
 import os
+import random
 import threading
 import time
 from dataclasses import dataclass
@@ -171,7 +172,7 @@ class _Run:
         self.wakeup = lease.wakeup
         self.next_renewal = now + lease.interval
         #: When bytes that arrived by then are committed (not while staged).
-        self.commit_due = math.inf if self.staged else now + self.settings.commit_seconds
+        self.commit_due = math.inf if self.staged else now + self._commit_interval()
         self.next_check = now  # the nearest deadline the copy loop must see (_schedule)
         self._schedule()
         self.fd = -1
@@ -319,6 +320,12 @@ class _Run:
 
     # -- timers ------------------------------------------------------------------
 
+    def _commit_interval(self) -> float:
+        """``commit_seconds`` give or take half: uploads that started together
+        (a reconnecting fleet, a restart) would otherwise commit together,
+        every one creating a sidecar in the same directory at the same instant."""
+        return self.settings.commit_seconds * random.uniform(0.5, 1.5)
+
     @property
     def wake_fd(self) -> int:
         return self.wakeup.fd
@@ -365,7 +372,7 @@ class _Run:
             if self.written > self.committed:
                 self._commit()
             else:
-                self.commit_due = now + self.settings.commit_seconds
+                self.commit_due = now + self._commit_interval()
         if state is Mailbox.SOFT_RELEASE:
             self.lease.acknowledge()
         self._schedule()
@@ -393,7 +400,7 @@ class _Run:
         self.registry.save(self.lease, self.record)
         self.committed = self.written
         if not self.staged:
-            self.commit_due = time.monotonic() + self.settings.commit_seconds
+            self.commit_due = time.monotonic() + self._commit_interval()
         self._schedule()
 
     def _discard(self) -> None:
