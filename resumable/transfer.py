@@ -70,7 +70,9 @@ class _HandOver(Exception):
 
 #: Bytes given back on a full disk so the offset can still be committed.
 ROOM_ON_FULL_DISK = 64 * 1024
-#: How far ahead of a large body's bytes disk blocks are reserved.
+#: How far ahead of a large body's bytes disk blocks are reserved: at first,
+#: and at most (the window grows with what the request has written).
+PREALLOCATE_FIRST = 1024 * 1024
 PREALLOCATE_BYTES = 64 * 1024 * 1024
 
 
@@ -294,8 +296,10 @@ class _Run:
         lease = self.lease
         commit_every = self.settings.commit_bytes
         wakeup = self.wakeup
-        # Blocks are reserved a window ahead of the bytes (see storage.preallocate),
-        # never beyond the declared body, so a slow client reserves little.
+        # Blocks are reserved ahead of the bytes (see storage.preallocate), never
+        # beyond the declared body and never more than this request has already
+        # written (from 1 MiB up to PREALLOCATE_BYTES): a thousand slow clients
+        # declaring gigabytes reserve next to nothing.
         end = self.start + (body.declared_length or 0)
         reserved = self.start
 
@@ -305,7 +309,8 @@ class _Run:
 
         while True:
             if reserved < end and self.start + self.written + size > reserved:
-                step = min(PREALLOCATE_BYTES, end - reserved)
+                ahead = min(PREALLOCATE_BYTES, max(PREALLOCATE_FIRST, self.written))
+                step = min(ahead, end - reserved)
                 reserved = reserved + step if preallocate(fd, reserved, step) else end
             n = body.splice_into(fd, size, check_lease)
             if n == 0:
