@@ -2,8 +2,20 @@
 
 The sidecar (``<id>.json``) is the durable copy of the upload record. The
 embedded registry uses it as *the* record; the Redis registry rebuilds a lost
-Redis record from it (docs/architecture.md, invariant 8). It is always replaced whole
-(write to a temporary file, then rename) so a reader never sees half of one.
+Redis record from it (docs/architecture.md, invariant 8).
+
+A sidecar holds two slots of the same size, each a header line (a CRC-32 and
+a sequence number, in hex) and the record's JSON, padded with spaces. It is
+created whole (a temporary file renamed into place); every later commit
+overwrites the slot *not* holding the newest record, in place. A reader takes
+the valid slot with the highest sequence number, so it never sees half a
+record: a write it races (or one cut by a crash) fails its checksum, and the
+other slot still holds the commit before. Updating in place matters: a new
+file per commit made the file system allocate and free an inode every time,
+and with hundreds of uploads committing it spent more time searching past
+recently freed inodes than everything else the server did. A record that
+outgrows its slots, or a sidecar in the older plain-JSON form, is written
+whole again.
 
 Every file under the data directory is opened with ``O_NOFOLLOW`` (new ones
 also with ``O_EXCL``): a symbolic link planted in it is refused, never
@@ -19,6 +31,7 @@ import ctypes
 import errno
 import os
 import secrets
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -80,6 +93,74 @@ def preallocate(fd: int, offset: int, length: int) -> bool:
     return _fallocate(fd, _FALLOC_FL_KEEP_SIZE, offset, length) == 0
 
 
+#: Room left in each slot for the record to grow (its offset's digits, a length
+#: learnt late, an expiry or finish time), so it is rarely written whole again.
+SLOT_SPARE = 160
+SLOT_ALIGN = 256
+_HEADER = "{crc:08x} {seq:016x}\n"
+_HEADER_SIZE = 26
+
+
+def _slot(data: bytes, seq: int, size: int) -> bytes:
+    """One slot: header, the record's JSON, spaces up to ``size`` bytes, a newline."""
+    crc = zlib.crc32(data, seq)
+    content = _HEADER.format(crc=crc, seq=seq).encode() + data
+    return content.ljust(size - 1) + b"\n"
+
+
+def _read_slot(raw: bytes) -> tuple[int, bytes] | None:
+    """(sequence, JSON) of a slot whose checksum matches, else None."""
+    header, data = raw[:_HEADER_SIZE], raw[_HEADER_SIZE:].rstrip(b" \n")
+    try:
+        crc, seq = int(header[:8], 16), int(header[9:25], 16)
+    except ValueError:
+        return None
+    if header[8:9] != b" " or header[25:26] != b"\n" or zlib.crc32(data, seq) != crc:
+        return None
+    return seq, data
+
+
+def _newest_slot(raw: bytes) -> tuple[int, int, bytes] | None:
+    """(index, sequence, JSON) of the newest valid slot of a sidecar's bytes."""
+    size = len(raw) // 2
+    best = None
+    for index in (0, 1):
+        found = _read_slot(raw[index * size : (index + 1) * size]) if size else None
+        if found is not None and (best is None or found[0] > best[1]):
+            best = (index, *found)
+    return best
+
+
+def _read_all(fd: int) -> bytes:
+    """A small file's bytes, from its start."""
+    chunks = []
+    offset = 0
+    while True:
+        chunk = os.pread(fd, 65536, offset)
+        chunks.append(chunk)
+        if len(chunk) < 65536:  # a short read of a regular file is its end
+            return b"".join(chunks)
+        offset += len(chunk)
+
+
+def read_sidecar_file(path: Path) -> UploadRecord | None:
+    """The newest record a sidecar holds; None when the file does not exist."""
+    try:
+        fd = open_nofollow(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        raw = _read_all(fd)
+    finally:
+        os.close(fd)
+    if raw.startswith(b"{"):  # the plain-JSON form of earlier versions
+        return UploadRecord.from_json(raw)
+    newest = _newest_slot(raw)
+    if newest is None:
+        raise ValueError(f"{path.name} holds no valid record")
+    return UploadRecord.from_json(newest[2])
+
+
 def write_all(fd: int, data: bytes | memoryview) -> None:
     """``os.write`` until every byte is written (a write may take only part)."""
     written = os.write(fd, data)
@@ -116,14 +197,48 @@ class FileStore:
             raise
 
     def write_sidecar(self, record: UploadRecord) -> None:
+        """Commit ``record``: into the older slot in place, or the whole file anew."""
         path = self.sidecar_path(record.id)
+        data = record.to_json().encode()
+        try:
+            fd = open_nofollow(path, os.O_RDWR)
+        except FileNotFoundError:
+            self._write_whole(path, data, 1)
+            return
+        except OSError as error:
+            raise_if_disk_full(error)
+            raise
+        try:
+            raw = _read_all(fd)
+            newest = _newest_slot(raw)
+            size = len(raw) // 2
+            if newest is None or len(data) + _HEADER_SIZE + 1 > size:
+                seq = 1 if newest is None else newest[1] + 1
+                os.close(fd)
+                fd = -1
+                self._write_whole(path, data, seq)
+                return
+            index, seq, _ = newest
+            os.pwrite(fd, _slot(data, seq + 1, size), (1 - index) * size)
+            if self.fsync:
+                os.fdatasync(fd)
+        except OSError as error:
+            raise_if_disk_full(error)
+            raise
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def _write_whole(self, path: Path, data: bytes, seq: int) -> None:
+        """A new sidecar (the record in slot 0, slot 1 blank) renamed over ``path``."""
+        size = -(-(len(data) + _HEADER_SIZE + 1 + SLOT_SPARE) // SLOT_ALIGN) * SLOT_ALIGN
         # Unique per call: two threads (or a lapsed and a new holder) never
         # write into each other's temporary file.
         temporary = path.with_suffix(f".json.{secrets.token_hex(8)}.tmp")
         try:
             fd = open_nofollow(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
             try:
-                write_all(fd, record.to_json().encode())
+                write_all(fd, _slot(data, seq, size) + b" " * (size - 1) + b"\n")
                 if self.fsync:
                     os.fsync(fd)
             finally:
@@ -136,12 +251,8 @@ class FileStore:
             raise
 
     def read_sidecar(self, upload_id: str) -> UploadRecord | None:
-        try:
-            fd = open_nofollow(self.sidecar_path(upload_id), os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        with open(fd, "rb") as handle:
-            return UploadRecord.from_json(handle.read())
+        """The newest record of the sidecar, or None when the upload does not exist."""
+        return read_sidecar_file(self.sidecar_path(upload_id))
 
     def delete(self, upload_id: str) -> None:
         """Sidecar first: once it is gone the upload no longer exists."""

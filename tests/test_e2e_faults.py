@@ -10,7 +10,6 @@ injected and measured. Every test runs on both registry backends.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import signal
@@ -24,6 +23,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
+
+from resumable.storage import read_sidecar_file
 
 from .support import (
     OFFSET_STREAM,
@@ -573,8 +574,9 @@ def test_long_patch_commits_and_survives_head(
     for piece in pattern.pieces(0, first):
         assert raw.send(piece)
     time.sleep(2 * COMMIT_SECONDS)  # the socket stays open and silent
-    sidecar = data_file(fault_server, url).with_suffix(".json")
-    committed_by_timer = json.loads(sidecar.read_text())["offset"]
+    sidecar = read_sidecar_file(data_file(fault_server, url).with_suffix(".json"))
+    assert sidecar is not None
+    committed_by_timer = sidecar.offset
 
     started = time.monotonic()
     head = fresh(fault_server).head(url)

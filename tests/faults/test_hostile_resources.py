@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import re
 import socket
@@ -33,6 +32,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from resumable.storage import read_sidecar_file
 
 from ..support import OFFSET_STREAM, Server, TusClient, pattern_bytes, wait_until
 from .test_hostile_input import raw_request
@@ -60,7 +61,9 @@ def stored_bytes(server: Server) -> int:
 
 
 def sidecar(server: Server, url: str) -> dict:
-    return json.loads((server.data_dir / "uploads" / f"{upload_id(url)}.json").read_text())
+    record = read_sidecar_file(server.data_dir / "uploads" / f"{upload_id(url)}.json")
+    assert record is not None, url
+    return vars(record)
 
 
 def make_partial(tus: TusClient, data: bytes | None, length: int | None = None) -> str:
@@ -343,9 +346,9 @@ FINALS_PER_ROUND = 6
 def finals_on_disk(server: Server) -> set[str]:
     found = set()
     for path in (server.data_dir / "uploads").glob("*.json"):
-        record = json.loads(path.read_text())
-        if (record.get("concat") or "").startswith("final"):
-            found.add(record["id"])
+        record = read_sidecar_file(path)
+        if record is not None and record.is_final:
+            found.add(record.id)
     return found
 
 

@@ -18,7 +18,6 @@ full are unexpected. Run with ``-s`` to see the lines.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import random
 import signal
@@ -32,6 +31,8 @@ from pathlib import Path
 
 import pytest
 import redis
+
+from resumable.storage import read_sidecar_file
 
 from ..support import (
     OFFSET_STREAM,
@@ -436,7 +437,7 @@ def _redis_outage(
 
     before = file_snapshot(server.data_dir)
     sidecars = {
-        b.name: json.loads(data_file(server, urls[b.name]).with_suffix(".json").read_text())
+        b.name: read_sidecar_file(data_file(server, urls[b.name]).with_suffix(".json"))
         for b in uploads
     }
     extra = blob("created during the outage", MiB)
@@ -473,7 +474,7 @@ def _redis_outage(
         tally.status(response.status_code, f"HEAD {b.name} after the restart")
         assert response.status_code == 200, (b.name, response.status_code)
         offset = int(response.headers["Upload-Offset"])
-        assert offset == sidecars[b.name]["offset"], (b.name, offset, sidecars[b.name])
+        assert offset == sidecars[b.name].offset, (b.name, offset, sidecars[b.name])
         if offset < acknowledged[b.name]:
             tally.add_lost(acknowledged[b.name] - offset, f"{b.name}: HEAD {offset} after restart")
     for b in uploads:
