@@ -297,9 +297,10 @@ class _Run:
         commit_every = self.settings.commit_bytes
         wakeup = self.wakeup
         # Blocks are reserved ahead of the bytes (see storage.preallocate), never
-        # beyond the declared body and never more than this request has already
-        # written (from 1 MiB up to PREALLOCATE_BYTES): a thousand slow clients
-        # declaring gigabytes reserve next to nothing.
+        # beyond the declared body, in steps as large as what this request has
+        # already written (from 1 MiB up to PREALLOCATE_BYTES), so the reservation
+        # reaches at most twice the bytes written plus 1 MiB: a thousand slow
+        # clients declaring gigabytes reserve about what they sent.
         end = self.start + (body.declared_length or 0)
         reserved = self.start
 

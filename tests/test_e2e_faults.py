@@ -601,3 +601,44 @@ def test_long_patch_commits_and_survives_head(
     assert answer is not None and answer.status == 204
     assert answer.offset == total
     assert_exact(client, url, pattern, total)
+
+
+# --------------------------------------------------------------------------
+# 6b. A large PATCH cut short: the file ends at the offset, few blocks reserved
+# --------------------------------------------------------------------------
+
+
+def test_cut_large_patch_ends_the_file_at_its_offset(
+    backend: str, fault_server: Server, client: TusClient
+) -> None:
+    """Blocks reserved ahead of a large body never move the end of file, and reach at
+    most twice what the request wrote plus 1 MiB (a client declaring 512 MiB and gone
+    after 24 MiB leaves about 24 MiB reserved past the offset, not 488 MiB)."""
+    total, sent = 512 * MiB, 24 * MiB
+    pattern = Pattern(seed=61)
+    url = client.new_upload(total)
+    raw = RawPatch(fault_server, url, 0, total)
+    raw.send_headers()
+    for piece in pattern.pieces(0, sent):
+        assert raw.send(piece)
+    time.sleep(0.5)  # let the server read what was sent before the connection goes
+    raw.close()
+    deadline = time.monotonic() + 15
+    offset = 0
+    while time.monotonic() < deadline:
+        head = fresh(fault_server).head(url)
+        offset = int(head.headers["Upload-Offset"])
+        if offset == sent:
+            break
+        time.sleep(0.2)
+    assert offset == sent, "the bytes of the cut PATCH were not all kept"
+    stat = data_file(fault_server, url).stat()
+    assert stat.st_size == offset, (stat.st_size, offset)
+    allocated = stat.st_blocks * 512
+    print(f"\n[{backend}] cut PATCH: offset {offset}, allocated {allocated} bytes")
+    assert allocated <= 2 * offset + 2 * MiB, (allocated, offset)  # 1 MiB for metadata
+    digest = hashlib.sha256()
+    with data_file(fault_server, url).open("rb") as stored:
+        while chunk := stored.read(MiB):
+            digest.update(chunk)
+    assert digest.hexdigest() == pattern.sha256(offset), "stored bytes differ from those sent"
