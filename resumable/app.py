@@ -22,7 +22,7 @@ from .protocol import (
     ServiceUnavailable,
     TusError,
 )
-from .registry import UNAVAILABLE, LeaseLost, make_registry
+from .registry import LeaseLost, RegistryUnavailable, make_registry
 from .settings import Settings
 from .storage import FileStore
 from .transfer import Appender, BufferPool
@@ -94,8 +94,8 @@ def http_error_response(error: HTTPException) -> Response:
 
 
 def unexpected_error_response(error: Exception) -> Response:
-    if isinstance(error, UNAVAILABLE):
-        log.warning("redis unavailable: %s", error)
+    if isinstance(error, RegistryUnavailable):
+        log.warning("registry unavailable: %s", error)
         return error_response(ServiceUnavailable("the upload registry is unavailable; retry"))
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         return error_response(InsufficientStorage("the server's storage is full; retry later"))

@@ -22,7 +22,7 @@ from gunicorn.app.base import BaseApplication
 
 from . import __version__
 from .hooks import load_authorizer
-from .registry import UNAVAILABLE, describe_registry, unreachable_reason
+from .registry import RegistryUnavailable, describe_registry, unreachable_reason
 from .settings import ENV_PREFIX, Settings, field_type
 from .storage import make_private_dir
 
@@ -218,7 +218,7 @@ def collect_garbage(settings: Settings, every: float | None, first_after: float 
             report = collect(registry, store, expiry, settings.max_size)
             if not every or report.expired or report.leftovers:
                 print(report, flush=True)
-        except UNAVAILABLE as error:
+        except RegistryUnavailable as error:
             if not every:
                 print(f"resumable gc: the registry is unreachable: {error}", file=sys.stderr)
                 return 1

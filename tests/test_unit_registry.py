@@ -16,10 +16,13 @@ import redis
 from resumable.expiry import ExpiryPolicy
 from resumable.protocol import Locked, new_upload_id
 from resumable.records import UploadRecord
-from resumable.registry import LeaseLost, Mailbox, Registry, ReleaseState
+from resumable.registry import LeaseLost, Mailbox, Registry, RegistryUnavailable, ReleaseState
 from resumable.registry.embedded import EmbeddedRegistry
-from resumable.registry.redis import RedisRegistry
+from resumable.registry.redis import RedisLease, RedisRegistry, connect
+from resumable.registry.wakeups import Silent
 from resumable.storage import FileStore
+
+from .support import free_port
 
 
 def _redis_registry(kind: str, request: pytest.FixtureRequest, tmp_path) -> RedisRegistry:
@@ -210,3 +213,32 @@ def test_gc_removes_files_of_a_crashed_deletion(redis_registry: RedisRegistry) -
     assert report.leftovers >= 1
     assert not registry.store.sidecar_path(record.id).exists()
     assert not registry.store.data_path(record.id).exists()
+
+
+def test_an_unreachable_redis_raises_the_neutral_error(tmp_path, redis_server) -> None:
+    """Callers see RegistryUnavailable (answered 503), never redis-py's own errors, from
+    the registry and from a lease alike; and nothing is half-done meanwhile."""
+    reachable = RedisRegistry(
+        FileStore(tmp_path), connect(redis_server.url), "neutral:", lock_ttl=5.0,
+        lock_wait=0.5, heartbeat=1.0,
+    )
+    record = _new(reachable)
+    lease = reachable.acquire(record.id)
+    unreachable = RedisRegistry(
+        FileStore(tmp_path), connect(f"redis://127.0.0.1:{free_port()}/0"), "neutral:",
+        lock_ttl=5.0, lock_wait=0.5, heartbeat=1.0,
+    )
+    for call in (
+        lambda: unreachable.get(record.id),
+        lambda: unreachable.try_acquire(record.id),
+        lambda: unreachable.settle(record.id),
+        lambda: unreachable.release_state(record.id),
+        lambda: unreachable.create(UploadRecord(id=new_upload_id(), length=1, created=1.0)),
+    ):
+        with pytest.raises(RegistryUnavailable):
+            call()
+    stranded = RedisLease(unreachable, record.id, lease.token, time.monotonic(), Silent())
+    with pytest.raises(RegistryUnavailable):
+        stranded.heartbeat()
+    assert reachable.get(record.id) == record  # nothing changed meanwhile
+    lease.release()

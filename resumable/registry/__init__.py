@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from ..settings import Settings
 from ..storage import FileStore
-from .base import Lease, LeaseLost, Mailbox, Registry, ReleaseState
+from .base import Lease, LeaseLost, Mailbox, Registry, RegistryUnavailable, ReleaseState
 
 __all__ = [
-    "UNAVAILABLE",
     "Lease",
     "LeaseLost",
     "Mailbox",
     "Registry",
+    "RegistryUnavailable",
     "ReleaseState",
     "make_registry",
 ]
-
-#: What a registry raises while its backend cannot be reached (the app answers 503).
-UNAVAILABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
-
 
 def make_registry(settings: Settings, store: FileStore) -> Registry:
     """Redis when a URL is configured, else the embedded single-host registry."""
@@ -56,13 +49,6 @@ def unreachable_reason(settings: Settings) -> str | None:
     """Why the configured Redis cannot be reached now, or None (also for the embedded one)."""
     if not settings.redis_url:
         return None
-    from .redis import connect
+    from .redis import ping_problem
 
-    client = connect(settings.redis_url)
-    try:
-        client.ping()
-    except UNAVAILABLE as error:
-        return str(error)
-    finally:
-        client.close()
-    return None
+    return ping_problem(settings.redis_url)

@@ -56,6 +56,14 @@ class ReleaseState(enum.Enum):
     PENDING = "pending"  # held, and not answered yet
 
 
+class RegistryUnavailable(Exception):
+    """The registry's backend cannot be reached now: nothing was changed; the app answers 503.
+
+    Backends translate their own client's errors into this one, so no layer
+    above the registry knows which client library a backend uses.
+    """
+
+
 class LeaseLost(Exception):
     """The lock is no longer ours: stop writing, commit nothing."""
 

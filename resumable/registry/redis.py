@@ -22,18 +22,20 @@ record is rebuilt from it (docs/architecture.md, invariant 8).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import secrets
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
 from ..records import UploadRecord
 from ..storage import FileStore
-from . import UNAVAILABLE
-from .base import Lease, LeaseLost, Mailbox, Registry, ReleaseState
+from .base import Lease, LeaseLost, Mailbox, Registry, RegistryUnavailable, ReleaseState
 from .wakeups import Doorbells, Wakeup
 
 TOMBSTONE_SECONDS = 7 * 24 * 3600
@@ -115,6 +117,26 @@ redis.call('HSET', KEYS[1], 'offset', ARGV[1], 'length', ARGV[2], 'expires', ARG
 return 1
 """
 
+#: redis-py's errors for "Redis cannot be reached now" (its TimeoutError is not a
+#: ConnectionError; Sentinel's MasterNotFoundError is one).
+_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _neutral(method: _Method) -> _Method:
+    """Raise RegistryUnavailable where redis-py raises a connection or timeout error."""
+
+    @functools.wraps(method)
+    def translated(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except _UNREACHABLE as error:
+            raise RegistryUnavailable(str(error)) from error
+
+    return translated  # type: ignore[return-value]
+
+
 _MAILBOX = {0: Mailbox.LOST, 1: Mailbox.HELD, 2: Mailbox.HARD_RELEASE, 3: Mailbox.SOFT_RELEASE}
 
 
@@ -184,6 +206,7 @@ class RedisLease(Lease):
             self.registry.key("release", self.upload_id),
         ]
 
+    @_neutral
     def heartbeat(self) -> Mailbox:
         sent_at = time.monotonic()
         state = _MAILBOX[
@@ -196,6 +219,7 @@ class RedisLease(Lease):
         self.asked_soft = state is Mailbox.SOFT_RELEASE
         return state
 
+    @_neutral
     def acknowledge(self) -> None:
         """Acknowledge a soft request, unless the commit that answered it already did."""
         if self.asked_soft:
@@ -207,6 +231,7 @@ class RedisLease(Lease):
         # than sent_at + ttl. Keep a margin so a paused process stops first.
         return time.monotonic() < self._valid_until - self.registry.safety_margin
 
+    @_neutral
     def release(self) -> None:
         if not self.released:
             self.released = True
@@ -250,6 +275,18 @@ def connect(url: str, concurrency: int = 0) -> redis.Redis:
     return redis.Redis(connection_pool=pool)
 
 
+def ping_problem(url: str) -> str | None:
+    """Why Redis at ``url`` cannot be reached now, or None when it answers."""
+    client = connect(url)
+    try:
+        client.ping()
+    except _UNREACHABLE as error:
+        return str(error)
+    finally:
+        client.close()
+    return None
+
+
 class RedisRegistry(Registry):
     #: Seconds to wait for a subscription's confirmation, and between attempts.
     SUBSCRIBE_SECONDS = 2.0
@@ -290,10 +327,12 @@ class RedisRegistry(Registry):
 
     # -- records ---------------------------------------------------------------
 
+    @_neutral
     def publish(self, record: UploadRecord) -> None:
         self.store.write_sidecar(record)
         self.redis.hset(self.key("upload", record.id), mapping=_hash_fields(record))
 
+    @_neutral
     def get(self, upload_id: str) -> UploadRecord | None:
         fields = self.redis.hgetall(self.key("upload", upload_id))
         if fields:
@@ -317,6 +356,7 @@ class RedisRegistry(Registry):
         fields = self.redis.hgetall(self.key("upload", upload_id))
         return _from_hash(fields) if fields else None
 
+    @_neutral
     def save_held(self, lease: Lease, record: UploadRecord) -> None:
         assert isinstance(lease, RedisLease)
         saved = self.scripts["save"](
@@ -336,6 +376,7 @@ class RedisRegistry(Registry):
         lease.asked_soft = False
         self.store.write_sidecar(record)
 
+    @_neutral
     def delete(self, lease: Lease) -> None:
         assert isinstance(lease, RedisLease)
         upload_id = lease.upload_id
@@ -353,26 +394,31 @@ class RedisRegistry(Registry):
 
     # -- concatenation -----------------------------------------------------------
 
+    @_neutral
     def add_waiting(self, final_id: str, part_ids: list[str]) -> None:
         with self.redis.pipeline(transaction=False) as pipe:
             for part_id in set(part_ids):
                 pipe.sadd(self.key("waiting", part_id), final_id)
             pipe.execute()
 
+    @_neutral
     def waiting_finals(self, part_id: str) -> list[str]:
         return sorted(m.decode() for m in self.redis.smembers(self.key("waiting", part_id)))
 
+    @_neutral
     def remove_waiting(self, final_id: str, part_ids: list[str]) -> None:
         with self.redis.pipeline(transaction=False) as pipe:
             for part_id in set(part_ids):
                 pipe.srem(self.key("waiting", part_id), final_id)
             pipe.execute()
 
+    @_neutral
     def drop_waiting_index(self, part_id: str) -> None:
         self.redis.delete(self.key("waiting", part_id))
 
     # -- locks -----------------------------------------------------------------
 
+    @_neutral
     def try_acquire(self, upload_id: str) -> Lease | None:
         token = f"{self.process_name()}.{secrets.token_hex(16)}"
         wakeup = Wakeup()
@@ -391,6 +437,7 @@ class RedisRegistry(Registry):
         wakeup.close()
         return None
 
+    @_neutral
     def request_release(self, upload_id: str, hard: bool) -> bool:
         keys = [self.key("lock", upload_id), self.key("release", upload_id)]
         args = [
@@ -425,7 +472,7 @@ class RedisRegistry(Registry):
                     message = pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         doorbells.ring(message["data"].decode("ascii", "replace"))
-            except UNAVAILABLE:
+            except _UNREACHABLE:
                 # Holders still read their mailbox at every lease renewal.
                 doorbells.listening()
                 time.sleep(self.RESUBSCRIBE_SECONDS)
@@ -433,6 +480,7 @@ class RedisRegistry(Registry):
                 with contextlib.suppress(Exception):
                     pubsub.close()
 
+    @_neutral
     def release_state(self, upload_id: str) -> ReleaseState:
         with self.redis.pipeline(transaction=False) as pipe:  # one round trip
             pipe.exists(self.key("lock", upload_id))
@@ -444,5 +492,6 @@ class RedisRegistry(Registry):
             return ReleaseState.ACKNOWLEDGED
         return ReleaseState.PENDING
 
+    @_neutral
     def is_locked(self, upload_id: str) -> bool:
         return bool(self.redis.exists(self.key("lock", upload_id)))
