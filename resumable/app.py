@@ -17,14 +17,13 @@ from .hooks import load_authorizer
 from .middleware import MethodOverride, TrustedProxy
 from .protocol import (
     TUS_VERSION,
-    InsufficientStorage,
     Locked,
     ServiceUnavailable,
     TusError,
 )
 from .registry import LeaseLost, RegistryUnavailable, make_registry
 from .settings import Settings
-from .storage import FileStore
+from .storage import FileStore, disk_full, is_disk_full
 from .transfer import Appender, BufferPool
 from .views import Services, blueprint
 
@@ -97,8 +96,8 @@ def unexpected_error_response(error: Exception) -> Response:
     if isinstance(error, RegistryUnavailable):
         log.warning("registry unavailable: %s", error)
         return error_response(ServiceUnavailable("the upload registry is unavailable; retry"))
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return error_response(InsufficientStorage("the server's storage is full; retry later"))
+    if is_disk_full(error):
+        return error_response(disk_full())
     if isinstance(error, OSError) and error.errno == errno.ELOOP:
         # Files under the data directory are opened without following links
         # (storage.py): a link there was planted by someone with access to it.

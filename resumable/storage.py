@@ -366,6 +366,16 @@ def copy_range(
         copied += n
 
 
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` says the file system (or the user's quota) has no room left."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full() -> InsufficientStorage:
+    """The ``507`` a full disk is answered with (an append says how much it kept instead)."""
+    return InsufficientStorage("the server's storage is full; retry later")
+
+
 def raise_if_disk_full(error: OSError) -> None:
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        raise InsufficientStorage("the server's storage is full; retry later") from error
+    if is_disk_full(error):
+        raise disk_full() from error

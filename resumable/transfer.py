@@ -61,7 +61,7 @@ from .protocol import (
 from .records import UploadRecord
 from .registry import Lease, LeaseLost, Mailbox, Registry
 from .settings import Settings
-from .storage import FileStore, preallocate, write_all
+from .storage import FileStore, is_disk_full, preallocate, write_all
 
 
 class _HandOver(Exception):
@@ -221,9 +221,9 @@ class _Run:
             ) from None
         except LeaseLost:
             drain = True
-            raise Locked("lost the lock on this upload; retry") from None
+            raise  # answered 423 by the app, like every lost lease
         except OSError as error:
-            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            if not is_disk_full(error):
                 raise
             drain = True
             self._make_room_and_keep()
