@@ -15,7 +15,9 @@ for ``--read-timeout`` seconds, and when a window of that many seconds
 brings fewer than ``--min-body-rate`` bytes per second on average, so a
 client trickling a byte now and then cannot hold a thread for ever.
 
-How a body ends decides what is kept (docs/architecture.md, invariants 1, 4, 5):
+How a body ends decides what is kept (docs/architecture.md, invariants 1, 4, 5).
+In code the early endings are ``_ENDINGS``, one row each; the first two rows
+are settled where ``_Run.stream`` finds them:
 
 ========================  ==============================  ==========
 ending                    bytes kept                      answer
@@ -45,6 +47,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .body import ClientDisconnected, MalformedBody, RequestBody, open_body
@@ -66,6 +69,73 @@ from .storage import FileStore, is_disk_full, preallocate, write_all
 
 class _HandOver(Exception):
     """A newer request asked for the lock."""
+
+
+@dataclass(frozen=True)
+class _Ending:
+    """How a body that ended early is settled: one row of the module docstring's table."""
+
+    #: Whether the exception ends the body this way.
+    matches: Callable[[BaseException], bool]
+    #: What of the request's bytes is kept (it commits them, or not).
+    keep: Callable[[_Run], None]
+    #: What is answered: an error to raise, or the exception itself.
+    answer: Callable[[_Run, BaseException], BaseException]
+    #: Whether the rest of a small body is read so the connection stays usable.
+    drain: bool = False
+
+
+def _with_offset(run: _Run, error: BaseException) -> BaseException:
+    assert isinstance(error, RequestTimeout)
+    error.headers.update(run._offset_header())
+    return error
+
+
+#: The early endings, first match wins. The body complete, too long (413) and a
+#: checksum mismatch (460) are settled where they are found, in _Run.stream.
+_ENDINGS = (
+    _Ending(
+        lambda e: isinstance(e, ClientDisconnected),
+        lambda run: run._keep_or_discard(),
+        lambda run, e: BadRequest(f"connection closed inside the body: {e}"),
+    ),
+    _Ending(
+        lambda e: isinstance(e, MalformedBody),
+        lambda run: run._keep_or_discard(),
+        lambda run, e: BadRequest(str(e)),
+    ),
+    _Ending(
+        lambda e: isinstance(e, RequestTimeout),
+        lambda run: run._keep_or_discard(),
+        _with_offset,
+    ),
+    _Ending(
+        lambda e: isinstance(e, _HandOver),
+        lambda run: run._keep_or_discard(),
+        lambda run, e: Locked(
+            "a newer request for this upload took it over", run._offset_header()
+        ),
+    ),
+    _Ending(  # nothing may be committed: the app answers 423 like every lost lease
+        lambda e: isinstance(e, LeaseLost),
+        lambda run: None,
+        lambda run, e: e,
+        drain=True,
+    ),
+    _Ending(
+        is_disk_full,
+        lambda run: run._make_room_and_keep(),
+        lambda run, e: InsufficientStorage(
+            f"storage is full; {run.record.offset} bytes are stored, retry later",
+            run._offset_header(),
+        ),
+        drain=True,
+    ),
+)
+
+
+def _ending_of(error: BaseException) -> _Ending | None:
+    return next((ending for ending in _ENDINGS if ending.matches(error)), None)
 
 
 #: Bytes given back on a full disk so the offset can still be committed.
@@ -203,34 +273,16 @@ class _Run:
                 self._verify_trailer(body, view)
             self._commit()
             return self.record
-        except ClientDisconnected as error:
-            self._keep_or_discard()
-            raise BadRequest(f"connection closed inside the body: {error}") from None
-        except MalformedBody as error:
-            self._keep_or_discard()
-            raise BadRequest(str(error)) from None
-        except RequestTimeout as error:
-            self._keep_or_discard()
-            error.headers.update(self._offset_header())
-            raise
-        except _HandOver:
-            self._keep_or_discard()
-            raise Locked(
-                "a newer request for this upload took it over",
-                {"Upload-Offset": str(self.record.offset)},
-            ) from None
-        except LeaseLost:
-            drain = True
-            raise  # answered 423 by the app, like every lost lease
-        except OSError as error:
-            if not is_disk_full(error):
+        except Exception as error:
+            ending = _ending_of(error)
+            if ending is None:
                 raise
-            drain = True
-            self._make_room_and_keep()
-            raise InsufficientStorage(
-                f"storage is full; {self.record.offset} bytes are stored, retry later",
-                {"Upload-Offset": str(self.record.offset)},
-            ) from None
+            drain = ending.drain
+            ending.keep(self)
+            answer = ending.answer(self, error)
+            if answer is error:
+                raise
+            raise answer from None
         finally:
             try:
                 if self.fd >= 0:
