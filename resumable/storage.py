@@ -143,16 +143,23 @@ def _read_all(fd: int) -> bytes:
         offset += len(chunk)
 
 
-def read_sidecar_file(path: Path) -> UploadRecord | None:
-    """The newest record a sidecar holds; None when the file does not exist."""
+def read_small_file(path: Path) -> bytes | None:
+    """A small file's bytes (opened without following links); None when it does not exist."""
     try:
         fd = open_nofollow(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:
-        raw = _read_all(fd)
+        return _read_all(fd)
     finally:
         os.close(fd)
+
+
+def read_sidecar_file(path: Path) -> UploadRecord | None:
+    """The newest record a sidecar holds; None when the file does not exist."""
+    raw = read_small_file(path)
+    if raw is None:
+        return None
     if raw.startswith(b"{"):  # the plain-JSON form of earlier versions
         return UploadRecord.from_json(raw)
     newest = _newest_slot(raw)

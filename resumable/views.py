@@ -174,7 +174,6 @@ def _create_with_data(
     try:
         record = _append(lease, record, checksum, trailer)
     except TusError as error:
-        lease.release()
         if not lease.born:
             registry.save(lease, record)  # the answer names it: make it exist
         error.headers.setdefault("Location", location)
@@ -182,7 +181,8 @@ def _create_with_data(
     except BaseException:
         registry.abandon(lease)
         raise
-    lease.release()
+    finally:
+        lease.release()  # closes the data file if no append took it
     if not lease.born:
         registry.save(lease, record)
     return record

@@ -132,7 +132,7 @@ class BirthLease(Lease):
 
     def release(self) -> None:
         """Nothing is locked; the data file is closed if no append took it."""
-        fd, self.data_fd = self.data_fd, -1
+        fd = self.take_data_fd()
         if fd >= 0:
             os.close(fd)
 

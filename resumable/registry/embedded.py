@@ -27,7 +27,7 @@ import socket
 from pathlib import Path
 
 from ..records import UploadRecord
-from ..storage import FileStore, make_private_dir, open_nofollow
+from ..storage import FileStore, make_private_dir, open_nofollow, read_small_file
 from .base import Lease, LeaseLost, Mailbox, Registry, ReleaseState
 from .wakeups import Doorbells, Wakeup
 
@@ -257,11 +257,5 @@ class EmbeddedRegistry(Registry):
 
 def _read_small(path: Path) -> str | None:
     """A lock or mailbox file's text, None when it does not exist."""
-    try:
-        fd = open_nofollow(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        return os.read(fd, 256).decode()
-    finally:
-        os.close(fd)
+    data = read_small_file(path)
+    return None if data is None else data.decode()
