@@ -104,7 +104,8 @@ def _remove_leftovers(store: FileStore, older_than: float) -> int:
             upload_id = name.split(".", 1)[0]
             leftover = (
                 name.endswith(".tmp")
-                or ".release." in name
+                # Mailbox files of earlier versions: mailboxes live in lock files now.
+                or ".release" in name
                 or (is_valid_upload_id(upload_id) and upload_id not in known)
             )
             if not leftover:

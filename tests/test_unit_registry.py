@@ -102,6 +102,37 @@ def test_soft_request_is_acknowledged_and_never_downgrades_hard(registry: Regist
     assert registry.release_state(record.id) is ReleaseState.UNLOCKED
 
 
+def _entries(root) -> dict[str, int]:
+    """Every file under ``root`` with its inode: what a create, rename or unlink changes."""
+    return {str(path.relative_to(root)): path.stat().st_ino for path in root.rglob("*")}
+
+
+def test_embedded_requests_and_commits_leave_the_directories_alone(tmp_path) -> None:
+    """A HEAD's soft request, its acknowledgement, a hard request and a commit write
+    into files that exist: under heavy writeback a file system stalls directory
+    operations (each rename or unlink) for seconds, so none may be on that path."""
+    registry = EmbeddedRegistry(FileStore(tmp_path), lock_ttl=1.0, lock_wait=0.5, heartbeat=0.05)
+    record = _new(registry)
+    lease = registry.acquire(record.id)
+    before = _entries(tmp_path)
+    for _ in range(3):
+        assert registry.request_release(record.id, hard=False)
+        assert lease.heartbeat() is Mailbox.SOFT_RELEASE
+        record.offset += 1
+        registry.save(lease, record)
+        assert _entries(tmp_path) == before
+        lease.acknowledge()
+        assert registry.release_state(record.id) is ReleaseState.ACKNOWLEDGED
+        assert _entries(tmp_path) == before
+    assert registry.request_release(record.id, hard=True)
+    assert lease.heartbeat() is Mailbox.HARD_RELEASE
+    assert _entries(tmp_path) == before
+    lease.release()
+    registry.acquire(record.id).release()
+    assert _entries(tmp_path) == before
+    assert registry.get(record.id).offset == 3
+
+
 def test_no_release_request_without_a_holder(registry: Registry) -> None:
     record = _new(registry)
     assert not registry.request_release(record.id, hard=True)

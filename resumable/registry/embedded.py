@@ -3,15 +3,25 @@
 The sidecar file is the record. Locks are ``flock`` locks on
 ``locks/<id>.lock``: each acquisition opens its own file description, so
 they exclude threads of one process as well as other processes, and the
-kernel drops them when a worker dies, however it dies. The holder writes its
-token and its process id into the lock file; release requests are a small
-mailbox file ``locks/<id>.release`` holding ``hard:<token>``,
-``soft:<token>`` or ``ack:<token>``, replaced atomically, and a datagram
-with the upload's id to the holder's process, whose doorbell thread wakes
-the holder (see wakeups.py). Each process listens on an abstract unix
-socket named after the data directory and its pid, so nothing is left on
-disk when it dies. Like every file under the data directory, these are
-opened without following links (see storage.py).
+kernel drops them when a worker dies, however it dies.
+
+The lock file is two fixed slots of :data:`SLOT` bytes, overwritten in
+place: the holder's token and process id, then the mailbox, holding
+``hard:<token>``, ``soft:<token>``, ``ack:<token>`` or blanks. A release
+request is a write into the mailbox slot and a datagram with the upload's id
+to the holder's process, whose doorbell thread wakes the holder (see
+wakeups.py). Nothing is created, renamed or removed per request: with
+thousands of uploads streaming, the file system stalled every directory
+operation for seconds while it wrote back dirty pages (a rename freeing the
+replaced file's block waited behind the writeback, holding the directory),
+and a mailbox file replaced per ``HEAD`` put every ``HEAD`` in that queue.
+A read racing a write may see a mix of both; a mixed slot names no holder's
+token, so it reads as no request, and the requester asks again.
+
+Each process listens on an abstract unix socket named after the data
+directory and its pid, so nothing is left on disk when it dies. Like every
+file under the data directory, lock files are opened without following
+links (see storage.py).
 """
 
 from __future__ import annotations
@@ -30,6 +40,9 @@ from ..records import UploadRecord
 from ..storage import FileStore, make_private_dir, open_nofollow, read_small_file
 from .base import Lease, LeaseLost, Mailbox, Registry, ReleaseState
 from .wakeups import Doorbells, Wakeup
+
+#: Bytes of each slot of a lock file: a token of 32 hex digits with its pid or its kind.
+SLOT = 64
 
 
 class FileLease(Lease):
@@ -64,8 +77,7 @@ class FileLease(Lease):
         if self.fd < 0:
             return
         if (self.registry.read_mailbox(self.upload_id) or "").endswith(self.token):
-            with contextlib.suppress(FileNotFoundError):
-                self.registry.mailbox_path(self.upload_id).unlink()
+            self.registry.write_mailbox(self.upload_id, "")
         fd, self.fd = self.fd, -1
         self.registry.doorbells.remove(self.upload_id, self.wakeup)
         self.wakeup.close()
@@ -89,21 +101,18 @@ class EmbeddedRegistry(Registry):
     def lock_path(self, upload_id: str) -> Path:
         return self.locks / f"{upload_id}.lock"
 
-    def mailbox_path(self, upload_id: str) -> Path:
-        return self.locks / f"{upload_id}.release"
-
     def read_mailbox(self, upload_id: str) -> str | None:
-        return _read_small(self.mailbox_path(upload_id))
+        slots = _read_slots(self.lock_path(upload_id))
+        return None if slots is None else slots[1]
 
     def write_mailbox(self, upload_id: str, value: str) -> None:
-        path = self.mailbox_path(upload_id)
-        temporary = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-        fd = open_nofollow(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        try:
-            os.write(fd, value.encode())
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
+        """Overwrite the mailbox slot; no lock file means nobody holds the upload."""
+        with contextlib.suppress(FileNotFoundError):
+            fd = open_nofollow(self.lock_path(upload_id), os.O_WRONLY)
+            try:
+                os.pwrite(fd, _slot(value), SLOT)
+            finally:
+                os.close(fd)
 
     # -- records ---------------------------------------------------------------
 
@@ -121,9 +130,8 @@ class EmbeddedRegistry(Registry):
     def delete(self, lease: Lease) -> None:
         upload_id = lease.upload_id
         self.store.delete(upload_id)
-        for path in (self.mailbox_path(upload_id), self.lock_path(upload_id)):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self.lock_path(upload_id).unlink()
 
     # -- concatenation: waiting/<part id>/<final id> marker files ----------------
 
@@ -183,10 +191,9 @@ class EmbeddedRegistry(Registry):
         try:
             wakeup = Wakeup()
             self.doorbells.add(upload_id, wakeup)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{token} {os.getpid()}".encode(), 0)
-            with contextlib.suppress(FileNotFoundError):
-                self.mailbox_path(upload_id).unlink()
+            os.pwrite(fd, _slot(f"{token} {os.getpid()}") + _slot(""), 0)
+            if os.fstat(fd).st_size > 2 * SLOT:
+                os.ftruncate(fd, 2 * SLOT)
         except BaseException:
             if wakeup is not None:
                 self.doorbells.remove(upload_id, wakeup)
@@ -199,7 +206,8 @@ class EmbeddedRegistry(Registry):
         """The holder's token and process id, or None when nobody holds the lock."""
         if not self.is_locked(upload_id):
             return None
-        token, _, pid = (_read_small(self.lock_path(upload_id)) or "").partition(" ")
+        slots = _read_slots(self.lock_path(upload_id))
+        token, _, pid = (slots[0] if slots else "").partition(" ")
         if not token:
             return None
         return token, int(pid) if pid.isdigit() else 0
@@ -255,7 +263,18 @@ class EmbeddedRegistry(Registry):
         return False
 
 
-def _read_small(path: Path) -> str | None:
-    """A lock or mailbox file's text, None when it does not exist."""
+def _slot(text: str) -> bytes:
+    """``text`` as one slot of the lock file: padded with blanks, ending in a newline."""
+    data = text.encode()
+    if len(data) >= SLOT:
+        raise ValueError(f"lock file entry longer than {SLOT - 1} bytes")
+    return data + b" " * (SLOT - 1 - len(data)) + b"\n"
+
+
+def _read_slots(path: Path) -> tuple[str, str] | None:
+    """The holder and the mailbox of a lock file, None when it does not exist."""
     data = read_small_file(path)
-    return None if data is None else data.decode()
+    if data is None:
+        return None
+    text = data.decode("ascii", "replace")
+    return text[:SLOT].strip(), text[SLOT : 2 * SLOT].strip()
