@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import logging
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -30,6 +31,12 @@ from .storage import make_private_dir
 GRACEFUL_TIMEOUT = 30
 #: The worker class behind ``--worker-class gthread``: gthread with a header deadline.
 GTHREAD_WORKER = "resumable.worker.ResumableThreadWorker"
+#: Idle kept-alive connections a worker parks beside its busy threads.
+KEPT_ALIVE_PER_WORKER = 64
+#: Descriptors a streaming PATCH holds: its socket, data file, lock file, doorbell and pipe.
+FILES_PER_UPLOAD = 6
+#: Descriptors of a worker besides its uploads: listeners, logs, the registry, imports.
+FILES_PER_WORKER = 64
 
 
 def add_settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -93,9 +100,10 @@ class GunicornServer(BaseApplication):
             "workers": s.workers,
             "worker_class": GTHREAD_WORKER if s.worker_class == "gthread" else s.worker_class,
             "threads": s.threads,
-            # Past this many open connections a worker stops accepting and
-            # leaves new ones to the others.
-            "worker_connections": s.threads + 64,
+            # Connections beyond the threads are kept-alive ones parked in the
+            # worker's poller; a worker whose threads are all busy accepts none
+            # (see worker.py).
+            "worker_connections": s.threads + KEPT_ALIVE_PER_WORKER,
             # Uploads last hours: gthread workers heartbeat from their main
             # thread, so this only catches a hung worker, never a long PATCH.
             "timeout": 60,
@@ -127,6 +135,9 @@ class GunicornServer(BaseApplication):
         """Listening: say where, with what, and start the collector."""
         for line in startup_lines(self.settings):
             arbiter.log.info(line)
+        shortage = raise_open_files_limit(self.settings.threads)
+        if shortage is not None:
+            arbiter.log.warning(shortage)
         problem = unreachable_reason(self.settings)
         if problem is not None:
             arbiter.log.warning(
@@ -187,6 +198,29 @@ def startup_lines(settings: Settings) -> list[str]:
     if settings.demo:
         lines.append(f"demo page: {tus_url(settings).removesuffix(settings.base_path)}/")
     return lines
+
+
+def raise_open_files_limit(threads: int) -> str | None:
+    """Raise this process's open-files limit to its hard limit; a warning when still short.
+
+    Workers inherit the limit. Many systems start processes with a soft limit
+    of 1024 descriptors under a far higher hard one, and a worker streaming
+    a few hundred uploads would then fail to accept or open files (EMFILE)
+    while its threads sit idle.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    needed = threads * FILES_PER_UPLOAD + KEPT_ALIVE_PER_WORKER + FILES_PER_WORKER
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return None
+    uploads = max(0, (soft - KEPT_ALIVE_PER_WORKER - FILES_PER_WORKER) // FILES_PER_UPLOAD)
+    return (
+        f"the open files limit ({soft}) holds about {uploads} streaming uploads per worker, "
+        f"fewer than --threads {threads}: raise it (ulimit -n, LimitNOFILE=) to {needed}"
+    )
 
 
 def serve(settings: Settings) -> int:

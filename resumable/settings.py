@@ -35,9 +35,9 @@ class Settings:
         "gthread", "gunicorn worker class; the default threads hold long uploads without timeouts"
     )
     threads: int = _setting(
-        1024,
-        "threads per worker: the most uploads one worker streams at once (the kernel may hand "
-        "one worker most connections, so each can hold them all)",
+        2048,
+        "threads per worker: the most connections (streaming uploads) one worker holds at "
+        "once; threads start on demand, and a full worker leaves new connections to the others",
     )
     data_dir: str = _setting(
         "data",

@@ -12,6 +12,13 @@ socket's read side, which ends the blocked read (gunicorn then sees the
 client gone and closes the connection). Request bodies have their own rules
 (``--read-timeout`` and ``--min-body-rate``, in ``transfer.py``).
 
+gunicorn's worker accepts connections while it has fewer than
+``worker_connections`` open, counting the kept-alive ones parked in its
+poller; a connection accepted while every thread holds an upload waits in the
+pool's queue until one of them ends, which for a long upload is hours, while
+the other workers have threads to spare. Here a worker accepts only while a
+thread is free, and leaves the rest to the others (or the listen backlog).
+
 gunicorn also closes a connection that will not be kept alive on the
 worker's main thread, lingering up to two seconds to drain what the client
 still sends (so the answer is not cut by a reset). The main thread is the
@@ -140,10 +147,26 @@ class ResumableThreadWorker(ThreadWorker):
         self.header_deadlines = HeaderDeadlines(timeout)
         self.header_deadlines.start()
         self.closer = futures.ThreadPoolExecutor(CLOSING_THREADS, thread_name_prefix="closer")
+        #: Connections handed to the pool and not finished: running or queued.
+        self.busy_threads = 0
         super().init_process()
+
+    def enqueue_req(self, conn):  # noqa: ANN001, ANN201 - gunicorn's signature
+        self.busy_threads += 1  # main thread only, as is finish_request
+        return super().enqueue_req(conn)
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        """gunicorn's rule (room for another connection) and a free thread to serve it."""
+        super().set_accept_enabled(enabled and self.busy_threads < self.cfg.threads)
+
+    def accept(self, listener):  # noqa: ANN001, ANN201 - gunicorn's signature
+        super().accept(listener)
+        if self.busy_threads >= self.cfg.threads:
+            self.set_accept_enabled(False)  # at once: more may be waiting to be accepted
 
     def finish_request(self, conn, fs):  # noqa: ANN001, ANN201 - gunicorn's signature
         """Like gunicorn's, but a lingering close does not block the main thread."""
+        self.busy_threads -= 1
         try:
             closing = fs.cancelled() or not fs.result()
         except Exception:  # noqa: BLE001 - gunicorn's own handling closes at once

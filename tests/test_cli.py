@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -307,13 +309,16 @@ def test_data_dir_mode_must_be_octal() -> None:
             Settings(data_dir_mode=bad)
 
 
-def serve_until_ready(*args: str, env: dict[str, str], cwd: Path) -> tuple[str, int]:
+def serve_until_ready(
+    *args: str, env: dict[str, str], cwd: Path, preexec_fn: Callable[[], None] | None = None
+) -> tuple[str, int]:
     """Start ``resumable serve``, wait until it answers, stop it: its log and port."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "resumable", "serve", "--port", str(port), *args],
         cwd=cwd,
         env=env,
+        preexec_fn=preexec_fn,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -347,6 +352,22 @@ def test_serve_says_where_it_listens_what_registry_and_where_the_data_is(tmp_pat
     assert re.search(r"tus endpoint http://127\.0\.0\.1:\d+/files/", output), output
     assert "registry: embedded" in output, output
     assert f"data: {tmp_path / 'data'}" in output, output
+
+
+def test_serve_raises_its_open_files_limit_and_says_when_it_is_short(tmp_path: Path) -> None:
+    """Started with a soft limit of 256 under a hard one of 1024 (as many systems start
+    services, with 1024 over a far higher hard limit), it takes the hard limit and says
+    how many streaming uploads that holds."""
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 1024))
+
+    output, statuses = serve_until_ready(
+        "--threads", "400", env=clean_environment(), cwd=tmp_path, preexec_fn=low_limit
+    )
+    assert statuses[:2] == [204, 201], (statuses, output)
+    assert "the open files limit (1024) holds about 149 streaming uploads per worker" in output
+    assert "fewer than --threads 400" in output, output
 
 
 def test_serve_with_redis_down_warns_once_and_answers_503(tmp_path: Path) -> None:

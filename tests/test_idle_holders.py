@@ -17,8 +17,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import requests
 
-from .support import OFFSET_STREAM, Server, TusClient
+from .support import OFFSET_STREAM, TUS, Server, TusClient
 
 IDLE_UPLOADS = 100
 QUIET_SECONDS = 3.0
@@ -78,6 +79,49 @@ def test_silent_uploads_cost_no_wakeups(start_server, backend: str) -> None:
         assert per_upload_second < allowed, switches
         assert head.status_code == 200
         assert head.headers["Upload-Offset"] == "100"  # the holder woke and committed
+    finally:
+        for sock in connections:
+            sock.close()
+    assert "Traceback" not in server.log()
+
+
+def _open_patch(server: Server, url: str, sent: bytes, length: int) -> socket.socket:
+    """A PATCH whose body has begun and stays open: it holds a thread."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    sock.sendall(
+        (
+            f"PATCH {urlsplit(url).path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Tus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n"
+            f"Content-Type: {OFFSET_STREAM}\r\nContent-Length: {length}\r\n\r\n"
+        ).encode()
+        + sent
+    )
+    return sock
+
+
+def test_a_worker_whose_threads_all_hold_uploads_accepts_no_more(start_server) -> None:
+    """Two workers of two threads, three uploads streaming: one worker has no free thread.
+
+    A worker used to accept connections beyond its threads; a HEAD it took
+    then waited for one of its uploads to end, however idle the other
+    worker was. Now a worker accepts only what it has threads for, and every
+    HEAD is answered, by whichever worker has room.
+    """
+    server: Server = start_server("embedded", workers=2, threads=2)
+    tus = TusClient(server.endpoint)
+    urls = [tus.new_upload(1000) for _ in range(3)]
+    connections = [_open_patch(server, url, b"x" * 10, 1000) for url in urls]
+    try:
+        time.sleep(1.0)  # every PATCH holds its thread
+        for attempt in range(12):
+            started = time.monotonic()
+            # A fresh connection each time, closed after the answer, as a poller behind a
+            # load balancer makes (a kept-alive one would take a worker's place).
+            closing = {**TUS, "Connection": "close"}
+            head = requests.head(urls[attempt % 3], headers=closing, timeout=5)
+            assert head.status_code == 200
+            assert head.headers["Upload-Offset"] == "10"
+            assert time.monotonic() - started < 2.0
     finally:
         for sock in connections:
             sock.close()
