@@ -5,7 +5,10 @@ modem speed, while dashboards poll ``HEAD``. Each HEAD goes out at its
 scheduled time on a fresh connection whether or not earlier ones were
 answered (open loop), and its latency is counted from that scheduled time,
 so a server that queues requests shows the queue; a closed-loop prober (one
-HEAD after another) never sees it.
+HEAD after another) never sees it. The HEADs start once the server has
+stored bytes of every upload (how long that took from the first connection
+is reported as ``all_streaming_s``), so they measure a server that holds
+every upload, not one still taking them in.
 
 The uploads behave like tus clients: when a PATCH ends before its body did
 (an error, or a server whose HEAD stops the running PATCH), the client asks
@@ -33,6 +36,10 @@ from typing import Any
 from benchmarks.common import OFFSET_STREAM, percentile, proc_cpu_seconds, to_ms
 
 TICK = 0.1
+#: The most seconds to wait for the server to store bytes of every upload, and the
+#: seconds after that before the measurement starts.
+RAMP_LIMIT_SECONDS = 60.0
+SETTLE_SECONDS = 1.0
 HEAD_TIMEOUT = 10.0
 #: More than this many seconds of data waiting in the client's buffer: the server is
 #: not reading that upload, and the client stops adding to it.
@@ -78,6 +85,7 @@ class OpenLoop:
         self.head_errors: Counter = Counter()
         self.failures: Counter = Counter()
         self.stopping = False
+        self.pace_until = math.inf
 
     # -- uploads ---------------------------------------------------------------
 
@@ -123,10 +131,11 @@ class OpenLoop:
         finally:
             upload.resuming = False
 
-    async def _pace(self, until: float) -> None:
-        """Every tick, top every upload up to ``rate`` bytes per second since its start."""
+    async def _pace(self) -> None:
+        """Every tick, top every upload up to ``rate`` bytes per second since its start,
+        until ``pace_until``."""
         plan = self.plan
-        while time.monotonic() < until:
+        while time.monotonic() < self.pace_until:
             now = time.monotonic()
             for upload in self.uploads:
                 writer = upload.writer
@@ -222,11 +231,18 @@ class OpenLoop:
             except OSError as error:
                 self.failures[f"connect: {type(error).__name__}"] += 1
         connected_s = time.monotonic() - connect_started
-        ramp_end = time.monotonic() + 2.0
-        end = ramp_end + plan.seconds
-        pacer = loop.create_task(self._pace(end))
+        pacer = loop.create_task(self._pace())
+        # The measurement starts once the server stores bytes of every upload (then
+        # SETTLE_SECONDS more): a server still taking its connections in is ramping up.
+        ramp_deadline = time.monotonic() + RAMP_LIMIT_SECONDS
+        while time.monotonic() < ramp_deadline:
+            await asyncio.sleep(0.5)
+            if all(self._file_sizes()):
+                break
+        streaming_s = time.monotonic() - connect_started
+        await asyncio.sleep(SETTLE_SECONDS)
+        end = self.pace_until = time.monotonic() + plan.seconds
         lag = loop.create_task(self._measure_lag(end))
-        await asyncio.sleep(max(0.0, ramp_end - time.monotonic()))
 
         first = self._file_sizes()
         cpu_server = self._server_cpu()
@@ -256,6 +272,8 @@ class OpenLoop:
         return {
             "uploads": len(self.uploads),
             "connect_s": round(connected_s, 2),
+            # From the first connection until the server stored bytes of every upload.
+            "all_streaming_s": round(streaming_s, 2),
             "measured_s": round(wall, 2),
             "progressing": sum(grew),
             "patches_ended_early": dict(ended),
