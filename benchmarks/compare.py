@@ -996,8 +996,15 @@ def run_slow(ctx: Context, ep: Endpoint) -> dict[str, Any]:
 
 
 def run_open_loop_step(ctx: Context, ep: Endpoint) -> dict[str, Any]:
-    """(g) for one server, one round: fresh uploads, the open-loop run, cleanup."""
+    """(g) for one server, one round: fresh uploads, the open-loop run, cleanup.
+
+    Each round starts with the previous one's bytes on disk (``sync``): with
+    thousands of uploads, the gigabytes a round leaves in the page cache, and
+    the removal of its files, would otherwise be written back during the next
+    server's round and stall it.
+    """
     plan = ctx.plan
+    os.sync()
     length = max(GiB, int(plan.rate_g * (plan.seconds_g + 60) * 2))
     paths = create_many(ep, plan.uploads_g, length)
     idle_paths = create_many(ep, 16, length)
