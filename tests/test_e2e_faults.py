@@ -198,6 +198,17 @@ class RawPatch:
         self.sock.close()
 
 
+def started_patch(
+    server: Server, url: str, total: int, pattern: Pattern, sent: int
+) -> RawPatch:
+    """A PATCH declaring ``total`` bytes, its headers and first ``sent`` bytes on the wire."""
+    raw = RawPatch(server, url, 0, total)
+    raw.send_headers()
+    for piece in pattern.pieces(0, sent):
+        assert raw.send(piece)
+    return raw
+
+
 # --------------------------------------------------------------------------
 # Which gunicorn worker holds a connection (/proc/net/tcp + /proc/<pid>/fd)
 # --------------------------------------------------------------------------
@@ -410,10 +421,7 @@ def test_silent_holder_released_by_head_and_patch(
     half = total // 2
     pattern = Pattern(seed=3)
     url = client.new_upload(total)
-    stuck = RawPatch(fault_server, url, 0, total)
-    stuck.send_headers()
-    for piece in pattern.pieces(0, half):
-        assert stuck.send(piece)
+    stuck = started_patch(fault_server, url, total, pattern, half)
     time.sleep(0.5)  # loopback: the server has read the half by now
 
     started = time.monotonic()
@@ -455,10 +463,7 @@ def test_disconnect_mid_body_keeps_received_bytes(
     cut = 20 * MiB
     pattern = Pattern(seed=4)
     url = client.new_upload(total)
-    raw = RawPatch(fault_server, url, 0, total)
-    raw.send_headers()
-    for piece in pattern.pieces(0, cut):
-        assert raw.send(piece)
+    raw = started_patch(fault_server, url, total, pattern, cut)
     raw.close()
     closed_at = time.monotonic()
 
@@ -569,10 +574,7 @@ def test_long_patch_commits_and_survives_head(
     assert first < COMMIT_BYTES
     pattern = Pattern(seed=6)
     url = client.new_upload(total)
-    raw = RawPatch(fault_server, url, 0, total)
-    raw.send_headers()
-    for piece in pattern.pieces(0, first):
-        assert raw.send(piece)
+    raw = started_patch(fault_server, url, total, pattern, first)
     time.sleep(2 * COMMIT_SECONDS)  # the socket stays open and silent
     sidecar = read_sidecar_file(data_file(fault_server, url).with_suffix(".json"))
     assert sidecar is not None
@@ -617,10 +619,7 @@ def test_cut_large_patch_ends_the_file_at_its_offset(
     total, sent = 512 * MiB, 24 * MiB
     pattern = Pattern(seed=61)
     url = client.new_upload(total)
-    raw = RawPatch(fault_server, url, 0, total)
-    raw.send_headers()
-    for piece in pattern.pieces(0, sent):
-        assert raw.send(piece)
+    raw = started_patch(fault_server, url, total, pattern, sent)
     time.sleep(0.5)  # let the server read what was sent before the connection goes
     raw.close()
     deadline = time.monotonic() + 15

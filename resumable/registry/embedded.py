@@ -59,7 +59,7 @@ class FileLease(Lease):
         self.wakeup = wakeup
 
     def heartbeat(self) -> Mailbox:
-        request = self.registry.read_mailbox(self.upload_id)
+        request = self._mailbox()
         if request == f"hard:{self.token}":
             return Mailbox.HARD_RELEASE
         if request == f"soft:{self.token}":
@@ -67,17 +67,21 @@ class FileLease(Lease):
         return Mailbox.HELD
 
     def acknowledge(self) -> None:
-        if self.registry.read_mailbox(self.upload_id) == f"soft:{self.token}":
-            self.registry.write_mailbox(self.upload_id, f"ack:{self.token}")
+        if self._mailbox() == f"soft:{self.token}":
+            os.pwrite(self.fd, _slot(f"ack:{self.token}"), SLOT)
 
     def is_valid(self) -> bool:
         return self.fd >= 0  # the kernel keeps the lock for as long as we live
 
+    def _mailbox(self) -> str:
+        """The mailbox, read through the lock file the holder keeps open."""
+        return _slots_of(os.pread(self.fd, 2 * SLOT, 0))[1]
+
     def release(self) -> None:
         if self.fd < 0:
             return
-        if (self.registry.read_mailbox(self.upload_id) or "").endswith(self.token):
-            self.registry.write_mailbox(self.upload_id, "")
+        if self._mailbox().endswith(self.token):
+            os.pwrite(self.fd, _slot(""), SLOT)
         fd, self.fd = self.fd, -1
         self.registry.doorbells.remove(self.upload_id, self.wakeup)
         self.wakeup.close()
@@ -274,7 +278,9 @@ def _slot(text: str) -> bytes:
 def _read_slots(path: Path) -> tuple[str, str] | None:
     """The holder and the mailbox of a lock file, None when it does not exist."""
     data = read_small_file(path)
-    if data is None:
-        return None
+    return None if data is None else _slots_of(data)
+
+
+def _slots_of(data: bytes) -> tuple[str, str]:
     text = data.decode("ascii", "replace")
     return text[:SLOT].strip(), text[SLOT : 2 * SLOT].strip()
