@@ -15,11 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .redis_url import parse_redis_url
+
 ENV_PREFIX = "RESUMABLE_"
 MiB = 1024 * 1024
 WORKER_CLASSES = ("gthread", "sync", "gevent", "eventlet")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def _setting(default: Any, help: str, **extra: Any) -> Any:
@@ -48,9 +49,17 @@ class Settings:
         "0700", "permissions (octal) of the data directory and its folders when they are created"
     )
     redis_url: str | None = _setting(
-        None, "Redis URL for offsets and locks shared by many hosts; unset: embedded registry"
+        None,
+        "Redis URL for offsets and locks shared by many hosts: redis://, rediss://, unix://, "
+        "redis+sentinel://HOST:PORT[,…]/MASTER[/DB] or redis+cluster://HOST:PORT[,…]; "
+        "unset: embedded registry",
     )
     redis_prefix: str = _setting("resumable:", "prefix of every Redis key this server writes")
+    redis_wait_replicas: int = _setting(
+        -1,
+        "Redis replicas that must hold each lock, commit and deletion before it is answered "
+        "(WAIT), so a failover cannot lose them; -1: 1 behind Sentinel, else 0",
+    )
     base_path: str = _setting("/files/", "URL path the tus endpoint is mounted at")
     max_size: int = _setting(0, "largest upload in bytes (Tus-Max-Size); 0 means no limit")
     lock_ttl: float = _setting(
@@ -150,15 +159,45 @@ class Settings:
             ),
             (self.max_concat_parts >= 1, "max_concat_parts must be at least 1"),
             (self.max_metadata_size >= 1, "max_metadata_size must be at least 1"),
+            (self.redis_url_problem is None, f"redis_url {self.redis_url_problem}"),
+            (self.redis_wait_replicas >= -1, "redis_wait_replicas must be -1 (auto), 0 or more"),
             (
-                self.redis_url is None or self.redis_url.startswith(REDIS_SCHEMES),
-                "redis_url must start with " + " or ".join(REDIS_SCHEMES),
+                self.redis_wait_replicas <= 0 or self._redis_kind() != "cluster",
+                "redis_wait_replicas does not apply to a Redis Cluster: set min-replicas-to-write "
+                "on its nodes instead",
+            ),
+            (
+                "{" not in self.redis_prefix and "}" not in self.redis_prefix,
+                "redis_prefix must not hold { or }: the registry's keys use them as hash tags",
             ),
             (
                 self.log_level.lower() in LOG_LEVELS,
                 f"log_level must be one of {', '.join(LOG_LEVELS)}",
             ),
         ]
+
+    @property
+    def redis_url_problem(self) -> str | None:
+        """Why ``redis_url`` names no Redis, or None (also when it is unset)."""
+        if self.redis_url is None:
+            return None
+        try:
+            parse_redis_url(self.redis_url)
+        except ValueError as error:
+            return str(error)
+        return None
+
+    def _redis_kind(self) -> str | None:
+        if self.redis_url is None or self.redis_url_problem is not None:
+            return None
+        return parse_redis_url(self.redis_url).kind
+
+    @property
+    def replicas_to_wait(self) -> int:
+        """``redis_wait_replicas`` with -1 resolved: 1 behind Sentinel, else none."""
+        if self.redis_wait_replicas >= 0:
+            return self.redis_wait_replicas
+        return 1 if self._redis_kind() == "sentinel" else 0
 
     @property
     def renewal_interval(self) -> float:

@@ -1,14 +1,37 @@
-"""Fixtures: a private redis-server and the server under gunicorn, per backend."""
+"""Fixtures: private Redis deployments and the server under gunicorn, per backend.
+
+A test taking ``backend`` runs once per registry: ``embedded`` and ``redis``
+(one redis-server), or the backends its module lists in ``BACKENDS``
+(``redis-cluster``: three nodes in a Redis Cluster; ``redis-sentinel``: a
+master, a replica and a sentinel).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from .support import RedisServer, Server, TusClient
+from .support import RedisCluster, RedisSentinel, RedisServer, Server, TusClient
 
 BACKENDS = ("embedded", "redis")
+#: The Redis deployment each Redis backend runs on: the session fixture that starts it.
+REDIS_FIXTURES = {
+    "redis": "redis_server",
+    "redis-cluster": "redis_cluster",
+    "redis-sentinel": "redis_sentinel",
+}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrise ``backend`` by the module's BACKENDS, unless the test names its own."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0]
+        if "backend" in (names.split(",") if isinstance(names, str) else names):
+            return
+    metafunc.parametrize("backend", getattr(metafunc.module, "BACKENDS", BACKENDS), scope="module")
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +42,32 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture(scope="session")
-def start_server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel]:
+    sentinel = RedisSentinel(tmp_path_factory.mktemp("redis-sentinel")).start()
+    yield sentinel
+    sentinel.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url_for(request: pytest.FixtureRequest) -> Callable[[str], str | None]:
+    """redis_url_for(backend) -> the URL of its Redis deployment (None: embedded)."""
+
+    def url(backend: str) -> str | None:
+        name = REDIS_FIXTURES.get(backend)
+        return None if name is None else request.getfixturevalue(name).url
+
+    return url
+
+
+@pytest.fixture(scope="session")
+def start_server(tmp_path_factory: pytest.TempPathFactory, redis_url_for):
     """Factory: start_server(backend, **settings) -> running Server, stopped at the end.
 
     ``default_data_dir=True`` runs it from a fresh working directory with the
@@ -34,9 +82,7 @@ def start_server(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixtu
         nofile: int | None = None,
         **settings: object,
     ) -> Server:
-        redis_url = None
-        if backend == "redis":
-            redis_url = request.getfixturevalue("redis_server").url
+        redis_url = redis_url_for(backend)
         if default_data_dir:
             data_dir = tmp_path_factory.mktemp(f"workdir-{backend}") / "data"
         else:
@@ -55,11 +101,6 @@ def start_server(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixtu
     yield start
     for server in started:
         server.stop()
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    return request.param
 
 
 @pytest.fixture(scope="module")

@@ -38,54 +38,198 @@ def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
 
 
 class RedisServer:
-    """A private redis-server on a free port that keeps nothing on disk."""
+    """A private redis-server on a free port that keeps nothing on disk.
 
-    def __init__(self, workdir: Path):
+    ``extra`` adds command-line options (``--cluster-enabled yes``,
+    ``--replicaof …``); ``sentinel`` runs ``redis-server <conf> --sentinel``
+    with ``extra`` as the lines of its config file instead.
+    """
+
+    def __init__(self, workdir: Path, extra: Iterable[str] = (), sentinel: bool = False):
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self.workdir = workdir
         self.port = free_port()
+        self.extra = list(extra)
+        self.sentinel = sentinel
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        if self.sentinel:
+            conf = self.workdir / "sentinel.conf"
+            conf.write_text("\n".join([f"port {self.port}", "bind 127.0.0.1", *self.extra]) + "\n")
+            return ["redis-server", str(conf), "--sentinel"]
+        return [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            *self.extra,
+        ]
+
     def start(self) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         if not wait_until(self.ping, 10):
             raise RuntimeError("redis-server did not start")
         return self
 
     def ping(self) -> bool:
+        return self.ask(b"PING").startswith(b"+PONG")
+
+    def ask(self, command: bytes) -> bytes:
+        """One inline command's raw answer (empty when the server cannot be reached)."""
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+                sock.sendall(command + b"\r\n")
+                return sock.recv(65536)
         except OSError:
-            return False
+            return b""
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+
+class RedisCluster:
+    """Three redis-server masters in cluster mode, joined by ``redis-cli --cluster create``."""
+
+    def __init__(self, workdir: Path, size: int = 3):
+        self.nodes = [
+            RedisServer(
+                workdir / f"node{i}",
+                # The bus port is the client port + 10000 unless given: not always free.
+                ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                 "--cluster-port", str(free_port())],
+            )
+            for i in range(size)
+        ]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(node.address for node in self.nodes)
+
+    def start(self) -> RedisCluster:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(n.address for n in self.nodes),
+             "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )
+        if not wait_until(
+            lambda: all(b"cluster_state:ok" in n.ask(b"CLUSTER INFO") for n in self.nodes), 30
+        ):
+            raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+class RedisSentinel:
+    """A master, a replica and one sentinel watching them as ``MASTER``.
+
+    ``failover()`` makes the sentinel promote the replica and waits until it
+    names the new master, as a master's crash would (without waiting for the
+    crash to be noticed).
+    """
+
+    MASTER = "uploads"
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.master = RedisServer(workdir / "master")
+        self.replica = RedisServer(workdir / "replica")
+        self.sentinel: RedisServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.sentinel is not None
+        return f"redis+sentinel://{self.sentinel.address}/{self.MASTER}/0"
+
+    def start(self) -> RedisSentinel:
+        self.master.start()
+        self.replica.extra = ["--replicaof", "127.0.0.1", str(self.master.port)]
+        self.replica.start()
+        if not wait_until(
+            lambda: b"master_link_status:up" in self.replica.ask(b"INFO replication"), 30
+        ):
+            raise RuntimeError("the replica did not connect to its master")
+        self.sentinel = RedisServer(
+            self.workdir / "sentinel",
+            [
+                f"sentinel monitor {self.MASTER} 127.0.0.1 {self.master.port} 1",
+                f"sentinel down-after-milliseconds {self.MASTER} 2000",
+                f"sentinel failover-timeout {self.MASTER} 10000",
+            ],
+            sentinel=True,
+        ).start()
+        if not wait_until(lambda: self.master_port() == self.master.port, 30):
+            raise RuntimeError("the sentinel does not see the master")
+        if not wait_until(lambda: b"num-slaves" in self._master_state()
+                          and self._replicas_known(), 30):
+            raise RuntimeError("the sentinel does not see the replica")
+        return self
+
+    def _master_state(self) -> bytes:
+        assert self.sentinel is not None
+        return self.sentinel.ask(f"SENTINEL MASTER {self.MASTER}".encode())
+
+    def _replicas_known(self) -> bool:
+        assert self.sentinel is not None
+        answer = self.sentinel.ask(f"SENTINEL REPLICAS {self.MASTER}".encode())
+        return str(self.replica.port).encode() in answer
+
+    def master_port(self) -> int | None:
+        assert self.sentinel is not None
+        answer = self.sentinel.ask(
+            f"SENTINEL GET-MASTER-ADDR-BY-NAME {self.MASTER}".encode()
+        ).split(b"\r\n")
+        return int(answer[4]) if len(answer) > 4 and answer[4].isdigit() else None
+
+    def failover(self, timeout: float = 30) -> None:
+        """Promote the replica; return once the sentinel names it and it takes writes."""
+        assert self.sentinel is not None
+        old = self.master_port()
+        answers: list[bytes] = []
+
+        def asked() -> bool:  # -NOGOODSLAVE until the sentinel has fresh word from the replica
+            assert self.sentinel is not None
+            answers.append(self.sentinel.ask(f"SENTINEL FAILOVER {self.MASTER}".encode()))
+            return answers[-1].startswith(b"+OK")
+
+        if not wait_until(asked, timeout, 0.5):
+            raise RuntimeError(f"SENTINEL FAILOVER answered {answers[-1]!r}")
+        if not wait_until(lambda: self.master_port() not in (None, old), timeout):
+            raise RuntimeError("the sentinel did not promote the replica")
+        promoted = self.replica if self.master_port() == self.replica.port else self.master
+        if not wait_until(lambda: b"role:master" in promoted.ask(b"INFO replication"), timeout):
+            raise RuntimeError("the promoted replica did not become a master")
+
+    def stop(self) -> None:
+        for server in (self.sentinel, self.replica, self.master):
+            if server is not None:
+                server.stop()
 
 
 class Server:

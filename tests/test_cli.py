@@ -186,6 +186,10 @@ def assert_usage_error(result: subprocess.CompletedProcess) -> None:
         ("RESUMABLE_TRUST_PROXY", "maybe"),
         ("RESUMABLE_CHUNK_SIZE", "100"),
         ("RESUMABLE_LOCK_TTL", "0"),
+        ("RESUMABLE_REDIS_URL", "http://cache:6379"),
+        ("RESUMABLE_REDIS_URL", "redis+sentinel://cache:26379"),
+        ("RESUMABLE_REDIS_URL", "redis+cluster://cache:7000/1"),
+        ("RESUMABLE_REDIS_PREFIX", "app{1}:"),
     ],
 )
 def test_bad_environment_value_is_a_clean_error(name: str, value: str, tmp_path: Path) -> None:

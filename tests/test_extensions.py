@@ -39,6 +39,10 @@ import requests
 
 from .support import OFFSET_STREAM, Server, TusClient, iter_chunks, pattern_bytes, wait_until
 
+#: The registries the extension tests run on: a Redis Cluster too, where every script
+#: must stay within one upload's hash slot.
+BACKENDS = ("embedded", "redis", "redis-cluster")
+
 MiB = 1024 * 1024
 MAX_SIZE = 1000
 EXPIRY = 2

@@ -30,6 +30,10 @@ import requests
 
 from .support import OFFSET_STREAM, TUS, Server, TusClient, pattern_bytes, wait_until
 
+#: The registries the protocol tests run on: a Redis Cluster too, where every script
+#: must stay within one upload's hash slot.
+BACKENDS = ("embedded", "redis", "redis-cluster")
+
 MAX_SIZE = 1000
 #: The table's fixture: all nine extensions of spec section 2.
 OFFERED_EXTENSIONS = {

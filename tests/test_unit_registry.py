@@ -1,7 +1,10 @@
-"""The registry contract, on every backend: embedded, fakeredis and a real Redis.
+"""The registry contract, on every backend: embedded, fakeredis and real Redis deployments.
 
 The real Redis is what proves atomicity (the Lua scripts run in Redis
-itself); fakeredis keeps the same checks fast while developing.
+itself); fakeredis keeps the same checks fast while developing. A Redis
+Cluster proves every script touches one hash slot, and Sentinel that the
+client follows the master it names; both are reached through the same
+``connect`` as ``resumable serve`` uses.
 """
 
 from __future__ import annotations
@@ -24,25 +27,29 @@ from resumable.storage import FileStore
 
 from .support import free_port
 
+REDIS_KINDS = ["fakeredis", "redis", "redis-cluster", "redis-sentinel"]
+
 
 def _redis_registry(kind: str, request: pytest.FixtureRequest, tmp_path) -> RedisRegistry:
     store = FileStore(tmp_path)
     if kind == "fakeredis":
         client = fakeredis.FakeRedis()
-    else:
+    elif kind == "redis":
         client = redis.Redis.from_url(request.getfixturevalue("redis_server").url)
+    else:
+        client = connect(request.getfixturevalue("redis_url_for")(kind), concurrency=8)
     prefix = f"unit{new_upload_id()[:8]}:"
     return RedisRegistry(store, client, prefix, lock_ttl=1.0, lock_wait=0.5, heartbeat=0.05)
 
 
-@pytest.fixture(params=["embedded", "fakeredis", "redis"])
+@pytest.fixture(params=["embedded", *REDIS_KINDS])
 def registry(request: pytest.FixtureRequest, tmp_path) -> Registry:
     if request.param == "embedded":
         return EmbeddedRegistry(FileStore(tmp_path), lock_ttl=1.0, lock_wait=0.5, heartbeat=0.05)
     return _redis_registry(request.param, request, tmp_path)
 
 
-@pytest.fixture(params=["fakeredis", "redis"])
+@pytest.fixture(params=REDIS_KINDS)
 def redis_registry(request: pytest.FixtureRequest, tmp_path) -> RedisRegistry:
     return _redis_registry(request.param, request, tmp_path)
 

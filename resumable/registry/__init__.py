@@ -28,6 +28,7 @@ def make_registry(settings: Settings, store: FileStore) -> Registry:
             settings.lock_ttl,
             settings.lock_wait,
             settings.renewal_interval,
+            wait_replicas=settings.replicas_to_wait,
         )
     from .embedded import EmbeddedRegistry
 
@@ -39,9 +40,11 @@ def make_registry(settings: Settings, store: FileStore) -> Registry:
 def describe_registry(settings: Settings) -> str:
     """The registry a server with ``settings`` uses, for its start-up message."""
     if settings.redis_url:
-        from .redis import redacted
+        from ..redis_url import parse_redis_url, redacted
 
-        return f"Redis at {redacted(settings.redis_url)}"
+        shape = {"server": "", "sentinel": " (Sentinel)", "cluster": " (Cluster)"}
+        kind = parse_redis_url(settings.redis_url).kind
+        return f"Redis{shape[kind]} at {redacted(settings.redis_url)}"
     return "embedded (files and flock locks; one host)"
 
 

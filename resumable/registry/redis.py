@@ -1,20 +1,26 @@
 """Redis registry: records, offsets and locks shared by every worker and host.
 
-Keys (all under the configured prefix):
+Keys (all under the configured prefix; ``{<id>}`` is written with its braces,
+a hash tag, so every key of one upload lives in one Redis Cluster slot and
+each script below touches one slot only):
 
-* ``upload:<id>`` – hash: ``offset``, ``length`` ('' while deferred),
+* ``upload:{<id>}`` – hash: ``offset``, ``length`` ('' while deferred),
   ``expires``, ``finished`` and ``meta`` (JSON of the fields that never change);
-* ``lock:<id>`` – the holder's random token, with a TTL the holder renews;
-* ``release:<id>`` – the mailbox: ``hard:<token>``, ``soft:<token>`` or
+* ``lock:{<id>}`` – the holder's random token, with a TTL the holder renews;
+* ``release:{<id>}`` – the mailbox: ``hard:<token>``, ``soft:<token>`` or
   ``ack:<token>`` (see :mod:`resumable.registry.base`);
 * channel ``wake:<process>`` – a release request for an upload held by
   that process, published with the request: a token is ``<process>.<random>``,
   and each process's doorbell thread subscribes to its own channel;
-* ``gone:<id>`` – tombstone of a deleted upload, so a stale sidecar read in a
-  race cannot bring the record back.
+* ``gone:{<id>}`` – tombstone of a deleted upload, so a stale sidecar read in a
+  race cannot bring the record back;
+* ``waiting:{<part id>}`` – set of the final uploads waiting for that partial upload.
 
 Every step that must see the lock and act on it at once is a Lua script, so
-no other client can slip in between the check and the change. The sidecar
+no other client can slip in between the check and the change. redis-py sends
+a command again when its connection broke (a failover, a restarted node), so
+a script may run twice: each is written to give the same answer the second
+time (``ACQUIRE`` knows its own token). The sidecar
 file is written after each successful commit; if Redis loses its data the
 record is rebuilt from it (docs/architecture.md, invariant 8).
 """
@@ -26,14 +32,20 @@ import functools
 import json
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from redis import BlockingConnectionPool
+from redis.cluster import ClusterNode, RedisCluster
+from redis.commands.core import Script
+from redis.exceptions import ClusterDownError, RedisClusterException
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
 from ..records import UploadRecord
+from ..redis_url import parse_redis_url
 from ..storage import FileStore
 from .base import Lease, LeaseLost, Mailbox, Registry, RegistryUnavailable, ReleaseState
 from .wakeups import Doorbells, Wakeup
@@ -45,6 +57,7 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   redis.call('DEL', KEYS[2])
   return 1
 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
 return 0
 """
 
@@ -118,10 +131,25 @@ return 1
 """
 
 #: redis-py's errors for "Redis cannot be reached now" (its TimeoutError is not a
-#: ConnectionError; Sentinel's MasterNotFoundError is one).
-_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
+#: ConnectionError; Sentinel's MasterNotFoundError is one; a Cluster without a
+#: master for a slot answers CLUSTERDOWN, and one whose nodes all went away
+#: raises SlotNotCoveredError, a RedisClusterException).
+_UNREACHABLE = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    ClusterDownError,
+    RedisClusterException,
+)
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _reason(error: BaseException) -> str:
+    """A short reason: redis-py's Sentinel error appends the repr of every sentinel client."""
+    text = str(error) or type(error).__name__
+    if isinstance(error, MasterNotFoundError):
+        return text.split(" : ", 1)[0] + " (no sentinel answered, or none knows that master)"
+    return text
 
 
 def _neutral(method: _Method) -> _Method:
@@ -132,7 +160,7 @@ def _neutral(method: _Method) -> _Method:
         try:
             return method(*args, **kwargs)
         except _UNREACHABLE as error:
-            raise RegistryUnavailable(str(error)) from error
+            raise RegistryUnavailable(_reason(error)) from error
 
     return translated  # type: ignore[return-value]
 
@@ -210,7 +238,7 @@ class RedisLease(Lease):
     def heartbeat(self) -> Mailbox:
         sent_at = time.monotonic()
         state = _MAILBOX[
-            int(self.registry.scripts["heartbeat"](self.keys(), [self.token, self.ttl_ms]))
+            int(self.registry.confirmed("heartbeat", self.keys(), [self.token, self.ttl_ms]))
         ]
         if state is Mailbox.LOST:
             self._valid_until = 0.0
@@ -240,39 +268,120 @@ class RedisLease(Lease):
             self.registry.scripts["release"](self.keys(), [self.token])
 
 
-def redacted(url: str) -> str:
-    """The URL without its password, for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 #: Seconds a request waits for a free connection of its worker's pool before 503.
 POOL_WAIT_SECONDS = 10.0
 #: Connections beyond one per request thread: the background joins, and room.
 SPARE_CONNECTIONS = 16
+#: How long one command may take, and connecting to a node may take.
+SOCKET_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 2.0
+
+class ClusterOnFirstUse:
+    """A Redis Cluster client made when a command first needs it, not when a worker starts.
+
+    redis-py asks the cluster for its slots while the client is made. Made
+    at start, a worker booting while the cluster is away would fail, and
+    gunicorn stops the whole server when a worker cannot boot; with one
+    server or Sentinel a worker starts anyway and answers 503 until Redis is
+    back. Made here, the first command fails the same way instead, and the
+    next one tries again.
+    """
+
+    def __init__(self, make: Callable[[], RedisCluster]):
+        self._make = make
+        self._client: RedisCluster | None = None
+        self._lock = threading.Lock()
+
+    def client(self) -> RedisCluster:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._make()
+        return self._client
+
+    def register_script(self, script: bytes) -> Script:
+        return Script(self, script)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client(), name)
 
 
-def connect(url: str, concurrency: int = 0) -> redis.Redis:
+#: Milliseconds a confirmed write waits for its replicas (see RedisRegistry.confirmed).
+REPLICA_WAIT_MS = 1000
+
+#: A Redis client for one server or a Sentinel-watched master, or a Cluster client.
+Client = redis.Redis | RedisCluster | ClusterOnFirstUse
+
+
+class _SentinelBlockingPool(SentinelConnectionPool, BlockingConnectionPool):
+    """Sentinel's pool (connections follow the master it names) that waits when full.
+
+    redis-py's Sentinel pool, like its default pool, refuses a connection past
+    its size at once; this one waits for a free connection like the pool for
+    one server does.
+    """
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def connect(url: str, concurrency: int = 0) -> Client:
     """A client for up to ``concurrency`` threads at once, failing fast when Redis is down.
 
     redis-py's default pool holds 100 connections and refuses the 101st at
     once; a worker runs up to --threads requests, each needing a connection
-    for the moment of a command. So the pool has room for every thread, and
-    a request that still finds it exhausted waits for a connection (a
-    command takes a millisecond) instead of answering 503.
+    for the moment of a command. So each pool (one per server; for a Cluster,
+    one per node) has room for every thread, and a request that still finds
+    it exhausted waits for a connection (a command takes a millisecond)
+    instead of answering 503.
     """
-    pool = redis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max(concurrency, 1) + SPARE_CONNECTIONS,
-        timeout=POOL_WAIT_SECONDS,
-        socket_timeout=5,
-        socket_connect_timeout=2,
-        health_check_interval=30,
-    )
-    return redis.Redis(connection_pool=pool)
+    target = parse_redis_url(url)
+    pool_options: dict[str, Any] = {
+        "max_connections": max(concurrency, 1) + SPARE_CONNECTIONS,
+        "timeout": POOL_WAIT_SECONDS,
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "health_check_interval": 30,
+    }
+    login = {"username": target.username, "password": target.password}
+    if target.kind == "cluster":
+        # redis-py gives each node the pool class asked for only when the
+        # client is made from a URL: the first node's, the others as seeds.
+        (host, port), *seeds = target.nodes
+        scheme = "rediss" if target.tls else "redis"
+        return ClusterOnFirstUse(
+            lambda: RedisCluster(
+                url=f"{scheme}://{_bracketed(host)}:{port}",
+                startup_nodes=[ClusterNode(h, p) for h, p in seeds],
+                connection_pool_class=BlockingConnectionPool,
+                **login,
+                **pool_options,
+            )
+        )
+    if target.kind == "sentinel":
+        sentinel = Sentinel(
+            list(target.nodes),
+            sentinel_kwargs={
+                "password": target.sentinel_password,
+                "ssl": target.tls,
+                "socket_timeout": SOCKET_TIMEOUT,
+                "socket_connect_timeout": CONNECT_TIMEOUT,
+            },
+        )
+        return sentinel.master_for(
+            target.master,
+            connection_pool_class=_SentinelBlockingPool,
+            db=target.db,
+            ssl=target.tls,
+            **login,
+            **pool_options,
+        )
+    return redis.Redis(connection_pool=BlockingConnectionPool.from_url(url, **pool_options))
 
 
 def ping_problem(url: str) -> str | None:
@@ -281,7 +390,7 @@ def ping_problem(url: str) -> str | None:
     try:
         client.ping()
     except _UNREACHABLE as error:
-        return str(error)
+        return _reason(error)
     finally:
         client.close()
     return None
@@ -295,21 +404,24 @@ class RedisRegistry(Registry):
     def __init__(
         self,
         store: FileStore,
-        client: redis.Redis,
+        client: Client,
         prefix: str,
         lock_ttl: float,
         lock_wait: float,
         heartbeat: float,
+        wait_replicas: int = 0,
     ):
         super().__init__(store, lock_ttl, lock_wait, heartbeat)
         self.redis = client
+        #: Replicas a lock, a commit or a deletion must reach before it counts.
+        self.wait_replicas = wait_replicas
         self.prefix = prefix
         self.doorbells = Doorbells(self._listen, "resumable-doorbells")
         self.process = ""  # this process's name in tokens and channels (see process_name)
         self.process_pid = 0
         self.safety_margin = max(heartbeat, lock_ttl / 10)
         self.scripts = {
-            name: self.redis.register_script(source)
+            name: self.redis.register_script(source.encode())
             for name, source in (
                 ("acquire", ACQUIRE),
                 ("request_release", REQUEST_RELEASE),
@@ -322,8 +434,45 @@ class RedisRegistry(Registry):
             )
         }
 
+    def confirmed(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        """Run a script that takes or keeps a lock, or changes what was acknowledged.
+
+        Redis replicates asynchronously: a failover loses the master's newest
+        writes, and a master deposed by one takes writes for seconds before it
+        learns it is a replica, all of them lost. A lock taken there lets two
+        writers in, an offset committed there goes back. With ``wait_replicas``
+        the script's connection then sends WAIT: the change counts only once
+        that many replicas have it (a deposed master has none), otherwise the
+        request is answered 503 and the client retries on the new master.
+        """
+        if not self.wait_replicas:
+            return self.scripts[script](keys, args)
+        with self.redis.pipeline(transaction=False) as pipe:
+            self.scripts[script](keys, args, client=pipe)
+            pipe.wait(self.wait_replicas, REPLICA_WAIT_MS)
+            result, replicas = pipe.execute()
+        if replicas < self.wait_replicas:
+            self._follow_master()
+            raise RegistryUnavailable(
+                f"the write reached {replicas} of the {self.wait_replicas} replicas it needs; "
+                "the master may have been deposed"
+            )
+        return result
+
+    def _follow_master(self) -> None:
+        """Behind Sentinel: ask who the master is now; connections to another go.
+
+        redis-py asks only when it opens a connection, so pooled connections
+        to a deposed master would otherwise serve stale reads until it is
+        reconfigured as a replica, which takes Sentinel seconds.
+        """
+        pool = getattr(self.redis, "connection_pool", None)
+        if isinstance(pool, SentinelConnectionPool):
+            with contextlib.suppress(*_UNREACHABLE):
+                pool.get_master_address()
+
     def key(self, kind: str, upload_id: str) -> str:
-        return f"{self.prefix}{kind}:{upload_id}"
+        return f"{self.prefix}{kind}:{{{upload_id}}}"
 
     # -- records ---------------------------------------------------------------
 
@@ -359,7 +508,8 @@ class RedisRegistry(Registry):
     @_neutral
     def save_held(self, lease: Lease, record: UploadRecord) -> None:
         assert isinstance(lease, RedisLease)
-        saved = self.scripts["save"](
+        saved = self.confirmed(
+            "save",
             [self.key("lock", record.id), self.key("upload", record.id),
              self.key("release", record.id)],
             [
@@ -380,7 +530,8 @@ class RedisRegistry(Registry):
     def delete(self, lease: Lease) -> None:
         assert isinstance(lease, RedisLease)
         upload_id = lease.upload_id
-        deleted = self.scripts["delete"](
+        deleted = self.confirmed(
+            "delete",
             [
                 self.key("lock", upload_id),
                 self.key("upload", upload_id),
@@ -427,8 +578,16 @@ class RedisRegistry(Registry):
         sent_at = time.monotonic()
         keys = [self.key("lock", upload_id), self.key("release", upload_id)]
         try:
-            if self.scripts["acquire"](keys, [token, int(self.lock_ttl * 1000)]):
+            if self.confirmed("acquire", keys, [token, int(self.lock_ttl * 1000)]):
                 return RedisLease(self, upload_id, token, sent_at, wakeup)
+        except RegistryUnavailable:
+            # Taken where no replica saw it (a master deposed by a failover),
+            # or Redis went away: give it back if it is ours, then say so.
+            with contextlib.suppress(*_UNREACHABLE):
+                self.scripts["release"](keys, [token])
+            self.doorbells.remove(upload_id, wakeup)
+            wakeup.close()
+            raise
         except BaseException:
             self.doorbells.remove(upload_id, wakeup)
             wakeup.close()
@@ -466,12 +625,16 @@ class RedisRegistry(Registry):
                 pubsub.subscribe(channel)
                 pubsub.get_message(timeout=self.SUBSCRIBE_SECONDS)  # the confirmation
                 doorbells.listening()
+                follow_at = time.monotonic() + 1.0
                 while True:
                     # A bounded wait (one wake-up a second for the whole
                     # process): a blocking read would trip the socket timeout.
                     message = pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         doorbells.ring(message["data"].decode("ascii", "replace"))
+                    if time.monotonic() >= follow_at:
+                        self._follow_master()
+                        follow_at = time.monotonic() + 1.0
             except _UNREACHABLE:
                 # Holders still read their mailbox at every lease renewal.
                 doorbells.listening()

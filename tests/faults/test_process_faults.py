@@ -68,7 +68,7 @@ from .process_tools import (
 
 
 @pytest.fixture
-def launch(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator:
+def launch(tmp_path: Path, redis_url_for) -> Iterator:
     """launch(backend, data_dir=None, redis_url=None, workers=2, **settings) -> Server."""
     started: list[Server] = []
 
@@ -79,8 +79,8 @@ def launch(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator:
         workers: int = 2,
         **settings: object,
     ) -> Server:
-        if backend == "redis" and redis_url is None:
-            redis_url = request.getfixturevalue("redis_server").url
+        if redis_url is None:
+            redis_url = redis_url_for(backend)
         if data_dir is None:
             data_dir = tmp_path / f"data-{backend}-{len(started)}"
         server = Server(data_dir, redis_url=redis_url, workers=workers, **settings)
@@ -113,7 +113,7 @@ def upload_sizes(rng: random.Random, count: int) -> list[int]:
     return sizes
 
 
-@pytest.mark.parametrize("backend", ["redis", "embedded"])
+@pytest.mark.parametrize("backend", ["redis", "redis-cluster", "embedded"])
 def test_killed_workers(backend: str, launch) -> None:
     """50 uploads (1-64 MiB, log-uniform, seeded), 8 at a time, each client at its
     own 8-32 MiB/s uplink (loopback alone would finish before many kills land),
