@@ -21,6 +21,7 @@ ENV_PREFIX = "RESUMABLE_"
 MiB = 1024 * 1024
 WORKER_CLASSES = ("gthread", "sync", "gevent", "eventlet")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+SWITCHES = ("auto", "on", "off")
 
 
 def _setting(default: Any, help: str, **extra: Any) -> Any:
@@ -111,6 +112,11 @@ class Settings:
     trust_proxy: bool = _setting(
         False, "build Location URLs from X-Forwarded-* / Forwarded headers set by a proxy"
     )
+    checksum_trailer: str = _setting(
+        "auto",
+        "offer checksum-trailer: on, off, or auto (off with --trust-proxy: proxies such as "
+        "nginx drop request trailers, so a client's digest would never arrive)",
+    )
     cors_origins: str = _setting("*", "origins allowed by CORS, comma separated, or *")
     auth_hook: str | None = _setting(
         None, "access-control hook 'package.module:function' asked before every request"
@@ -171,6 +177,10 @@ class Settings:
                 "redis_prefix must not hold { or }: the registry's keys use them as hash tags",
             ),
             (
+                self.checksum_trailer in SWITCHES,
+                f"checksum_trailer must be one of {', '.join(SWITCHES)}",
+            ),
+            (
                 self.log_level.lower() in LOG_LEVELS,
                 f"log_level must be one of {', '.join(LOG_LEVELS)}",
             ),
@@ -198,6 +208,13 @@ class Settings:
         if self.redis_wait_replicas >= 0:
             return self.redis_wait_replicas
         return 1 if self._redis_kind() == "sentinel" else 0
+
+    @property
+    def offers_checksum_trailer(self) -> bool:
+        """``checksum_trailer`` resolved: ``auto`` offers it unless a proxy is trusted."""
+        if self.checksum_trailer == "auto":
+            return not self.trust_proxy
+        return self.checksum_trailer == "on"
 
     @property
     def renewal_interval(self) -> float:

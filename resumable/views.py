@@ -60,8 +60,14 @@ EXTENSIONS = (
 
 
 def extensions(settings: Settings) -> list[str]:
-    """What this configuration offers: expiration only when uploads expire."""
-    return [name for name in EXTENSIONS if name != "expiration" or settings.expiry > 0]
+    """What this configuration offers: expiration only when uploads expire, and
+    checksum-trailer only where the trailers reach the server."""
+    withheld = set()
+    if settings.expiry <= 0:
+        withheld.add("expiration")
+    if not settings.offers_checksum_trailer:
+        withheld.add("checksum-trailer")
+    return [name for name in EXTENSIONS if name not in withheld]
 
 
 blueprint = Blueprint("tus", __name__)

@@ -190,6 +190,7 @@ def assert_usage_error(result: subprocess.CompletedProcess) -> None:
         ("RESUMABLE_REDIS_URL", "redis+sentinel://cache:26379"),
         ("RESUMABLE_REDIS_URL", "redis+cluster://cache:7000/1"),
         ("RESUMABLE_REDIS_PREFIX", "app{1}:"),
+        ("RESUMABLE_CHECKSUM_TRAILER", "sometimes"),
     ],
 )
 def test_bad_environment_value_is_a_clean_error(name: str, value: str, tmp_path: Path) -> None:
@@ -405,3 +406,11 @@ def assert_one_line_failure(result: subprocess.CompletedProcess) -> None:
     assert len(lines) == 1 and lines[0].startswith("resumable gc: the registry is unreachable"), (
         result.stderr
     )
+
+
+def test_checksum_trailer_is_offered_unless_a_proxy_is_trusted() -> None:
+    """Proxies such as nginx drop request trailers: auto offers it only to direct clients."""
+    assert Settings().offers_checksum_trailer
+    assert not Settings(trust_proxy=True).offers_checksum_trailer
+    assert Settings(trust_proxy=True, checksum_trailer="on").offers_checksum_trailer
+    assert not Settings(checksum_trailer="off").offers_checksum_trailer
