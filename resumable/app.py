@@ -13,6 +13,8 @@ from .concat import BackgroundJoins, Concatenator
 from .cors import apply_cors
 from .demo import demo_blueprint
 from .expiry import ExpiryPolicy
+from .files import disk_full, is_disk_full
+from .filestore import FileStore
 from .hooks import load_authorizer
 from .middleware import MethodOverride, TrustedProxy
 from .protocol import (
@@ -23,7 +25,6 @@ from .protocol import (
 )
 from .registry import LeaseLost, RegistryUnavailable, make_registry
 from .settings import Settings
-from .storage import FileStore, disk_full, is_disk_full
 from .transfer import Appender, BufferPool
 from .views import Services, blueprint
 
@@ -100,7 +101,7 @@ def unexpected_error_response(error: Exception) -> Response:
         return error_response(disk_full())
     if isinstance(error, OSError) and error.errno == errno.ELOOP:
         # Files under the data directory are opened without following links
-        # (storage.py): a link there was planted by someone with access to it.
+        # (files.py): a link there was planted by someone with access to it.
         log.error("refused a symbolic link in the data directory: %s", error.filename)
         return error_response(TusError("internal error"))
     log.exception("unexpected error")

@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from .storage import write_all
+from .files import write_all
 
 try:
     from gunicorn.http.body import Body as GunicornBody

@@ -22,10 +22,10 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from . import __version__
+from .files import make_private_dir
 from .hooks import load_authorizer
 from .registry import RegistryUnavailable, describe_registry, unreachable_reason
 from .settings import ENV_PREFIX, Settings, field_type
-from .storage import make_private_dir
 
 #: Seconds gunicorn gives running requests to finish on SIGTERM (docker-compose waits longer).
 GRACEFUL_TIMEOUT = 30
@@ -231,9 +231,9 @@ def serve(settings: Settings) -> int:
 def collect_garbage(settings: Settings, every: float | None, first_after: float = 0.0) -> int:
     """One collection, or one every ``every`` seconds until the parent server exits."""
     from .expiry import ExpiryPolicy
+    from .filestore import FileStore
     from .gc import collect
     from .registry import make_registry
-    from .storage import FileStore
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s gc %(message)s")
     store = FileStore(settings.data_dir, mode=settings.data_dir_permissions)

@@ -42,7 +42,7 @@ from .protocol import (
 )
 from .records import UploadRecord
 from .registry import Lease, LeaseLost, Mailbox, Registry
-from .storage import FileStore
+from .store import Store
 
 log = logging.getLogger("resumable")
 
@@ -97,7 +97,7 @@ def final_length(parts: list[UploadRecord]) -> int | None:
 @dataclass
 class Concatenator:
     registry: Registry
-    store: FileStore
+    store: Store
     expiry: ExpiryPolicy
     #: ``--max-size``; 0 means no limit but the protocol's 2^63-1.
     max_size: int = 0

@@ -14,12 +14,10 @@ harmless form before it goes into ``Content-Disposition``, with an RFC 6266
 
 from __future__ import annotations
 
-import os
 import re
 import time
 import unicodedata
 import zlib
-from typing import BinaryIO
 from urllib.parse import quote
 
 from flask import Response, request
@@ -27,6 +25,7 @@ from werkzeug.exceptions import RequestedRangeNotSatisfiable
 from werkzeug.wsgi import wrap_file
 
 from .records import UploadRecord
+from .store import StoredData
 
 INLINE_TYPES = frozenset(
     {
@@ -95,9 +94,9 @@ def content_disposition(disposition: str, name: str) -> str:
 
 
 def download_response(
-    data: BinaryIO, record: UploadRecord, metadata: dict[str, bytes]
+    data: StoredData, record: UploadRecord, metadata: dict[str, bytes]
 ) -> Response:
-    """Stream the open data file ``data`` (closed with the response), with Range and ETag."""
+    """Stream the upload's bytes ``data`` (closed with the response), with Range and ETag."""
     mimetype = content_type(metadata.get("filetype"))
     response = _file_response(data, record.id, mimetype)
     disposition = "inline" if mimetype in INLINE_TYPES else "attachment"
@@ -110,28 +109,25 @@ def download_response(
     return response
 
 
-def _file_response(data: BinaryIO, upload_id: str, mimetype: str) -> Response:
-    """A conditional, range-capable response for an already open file.
+def _file_response(data: StoredData, upload_id: str, mimetype: str) -> Response:
+    """A conditional, range-capable response for bytes the store opened and described.
 
-    The file is opened by the store (without following links) and described
-    with ``fstat`` of that same descriptor, so what is described is what is
-    sent. The validators keep the form ``<mtime>-<size>-<checksum of the id>``.
+    The validators keep the form ``<mtime>-<size>-<checksum of the id>``.
     """
     try:
-        status = os.fstat(data.fileno())
         response = Response(
-            wrap_file(request.environ, data), mimetype=mimetype, direct_passthrough=True
+            wrap_file(request.environ, data.file), mimetype=mimetype, direct_passthrough=True
         )
-        response.content_length = status.st_size
-        response.last_modified = status.st_mtime  # type: ignore[assignment]
+        response.content_length = data.size
+        response.last_modified = data.modified  # type: ignore[assignment]
         response.cache_control.no_cache = True
         response.cache_control.max_age = 0
         response.expires = int(time.time())  # type: ignore[assignment]
         checksum = zlib.adler32(upload_id.encode()) & 0xFFFFFFFF
-        response.set_etag(f"{status.st_mtime}-{status.st_size}-{checksum}")
+        response.set_etag(f"{data.modified}-{data.size}-{checksum}")
         return response.make_conditional(
-            request.environ, accept_ranges=True, complete_length=status.st_size
+            request.environ, accept_ranges=True, complete_length=data.size
         )
     except (OSError, RequestedRangeNotSatisfiable):
-        data.close()
+        data.file.close()
         raise

@@ -10,19 +10,15 @@ older than ``grace`` seconds, so a request still making them is never raced.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from .concat import Concatenator
 from .expiry import ExpiryPolicy
-from .protocol import is_valid_upload_id
 from .records import UploadRecord
 from .registry import Registry
-from .storage import FileStore
+from .store import Store
 
 log = logging.getLogger("resumable.gc")
 
@@ -44,7 +40,7 @@ class Report:
 
 def collect(
     registry: Registry,
-    store: FileStore,
+    store: Store,
     expiry: ExpiryPolicy,
     max_size: int = 0,
     now: float | None = None,
@@ -88,30 +84,6 @@ def collect(
                 log.info("deleted expired upload %s", upload_id)
         finally:
             lease.release()
-    report.leftovers += _remove_leftovers(store, now - grace)
+    report.leftovers += store.remove_leftovers(now - grace)
+    report.leftovers += registry.remove_leftovers(now - grace)
     return report
-
-
-def _remove_leftovers(store: FileStore, older_than: float) -> int:
-    removed = 0
-    known = set(store.upload_ids())
-    folders = [store.uploads, Path(store.root) / "locks"]
-    for folder in folders:
-        if not folder.is_dir():
-            continue
-        for entry in os.scandir(folder):
-            name = entry.name
-            upload_id = name.split(".", 1)[0]
-            leftover = (
-                name.endswith(".tmp")
-                # Mailbox files of earlier versions: mailboxes live in lock files now.
-                or ".release" in name
-                or (is_valid_upload_id(upload_id) and upload_id not in known)
-            )
-            if not leftover:
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                if entry.stat().st_mtime < older_than:
-                    os.unlink(entry.path)
-                    removed += 1
-    return removed

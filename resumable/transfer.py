@@ -43,7 +43,6 @@ from __future__ import annotations
 import errno
 import math
 import mmap
-import os
 import random
 import threading
 import time
@@ -53,6 +52,7 @@ from dataclasses import dataclass
 from .body import ClientDisconnected, MalformedBody, RequestBody, open_body
 from .checksum import Checksum, parse_checksum
 from .expiry import ExpiryPolicy
+from .files import is_disk_full
 from .protocol import (
     BadRequest,
     ChecksumMismatch,
@@ -64,7 +64,7 @@ from .protocol import (
 from .records import UploadRecord
 from .registry import Lease, LeaseLost, Mailbox, Registry
 from .settings import Settings
-from .storage import FileStore, is_disk_full, preallocate, write_all
+from .store import Store, UploadWriter
 
 
 class _HandOver(Exception):
@@ -183,7 +183,7 @@ class BufferPool:
 class Appender:
     settings: Settings
     registry: Registry
-    store: FileStore
+    store: Store
     pool: BufferPool
     expiry: ExpiryPolicy
 
@@ -247,7 +247,7 @@ class _Run:
         self.commit_due = math.inf if self.staged else now + self._commit_interval()
         self.next_check = now  # the nearest deadline the copy loop must see (_schedule)
         self._schedule()
-        self.fd = -1
+        self.writer: UploadWriter | None = None
 
     # -- the loop --------------------------------------------------------------
 
@@ -256,9 +256,9 @@ class _Run:
         view = memoryview(buffer)
         drain = False  # read the rest of a small body the client is still sending
         try:
-            self.fd = self.lease.take_data_fd()
-            if self.fd < 0:
-                self.fd = self.store.open_for_append(self.record.id, self.start)
+            self.writer = self.lease.take_writer()
+            if self.writer is None:
+                self.writer = self.store.open_writer(self.record.id, self.start)
             overflow = self._loop(body, view, limit)
             if overflow:
                 drain = True
@@ -285,26 +285,30 @@ class _Run:
             raise answer from None
         finally:
             try:
-                if self.fd >= 0:
-                    os.close(self.fd)
+                if self.writer is not None:
+                    self.writer.close()
                 view.release()
                 self.pool.give(buffer)
             finally:
                 body.release(drain)  # whatever failed above, hand the connection back
 
     def _loop(self, body: RequestBody, view: memoryview, limit: int | None) -> bool:
-        """Copy the body to the file; True when it ran past ``limit``."""
+        """Copy the body to the writer; True when it ran past ``limit``."""
+        writer = self.writer
+        assert writer is not None
         declared = body.declared_length
+        target = writer.splice_target()
         if (
             body.can_splice
+            and target is not None
             and self.checksum is None
             and not self.trailer_checksum
             and declared is not None
             and (limit is None or declared <= limit)
         ):
-            self._splice_loop(body, len(view))
+            self._splice_loop(body, writer, target, len(view))
             return False
-        fd = self.fd
+        write = writer.write
         lease = self.lease
         checksum = self.checksum
         commit_every = None if self.staged else self.settings.commit_bytes
@@ -323,7 +327,7 @@ class _Run:
                 if not lease.is_valid():
                     raise LeaseLost(self.record.id)
                 chunk = view[:accepted]
-                write_all(fd, chunk)
+                write(chunk)
                 if checksum is not None:
                     checksum.update(chunk)
                 self.written += accepted
@@ -338,17 +342,19 @@ class _Run:
             if now >= self.next_check or wakeup.rung:
                 self._heartbeat(now)
 
-    def _splice_loop(self, body: RequestBody, size: int) -> None:
-        """The same loop for a body that fits: bytes moved by the kernel alone.
+    def _splice_loop(
+        self, body: RequestBody, writer: UploadWriter, target: int, size: int
+    ) -> None:
+        """The same loop for a body that fits: bytes moved by the kernel alone,
+        into the writer's ``splice_target``.
 
         Only without a checksum (a digest needs the bytes in user space) and
         when Content-Length already shows the body fits, so it cannot overrun.
         """
-        fd = self.fd
         lease = self.lease
         commit_every = self.settings.commit_bytes
         wakeup = self.wakeup
-        # Blocks are reserved ahead of the bytes (see storage.preallocate), never
+        # Room is reserved ahead of the bytes (writer.reserve), never
         # beyond the declared body, in steps as large as what this request has
         # already written (from 1 MiB up to PREALLOCATE_BYTES), so the reservation
         # reaches at most twice the bytes written plus 1 MiB: a thousand slow
@@ -364,8 +370,8 @@ class _Run:
             if reserved < end and self.start + self.written + size > reserved:
                 ahead = min(PREALLOCATE_BYTES, max(PREALLOCATE_FIRST, self.written))
                 step = min(ahead, end - reserved)
-                reserved = reserved + step if preallocate(fd, reserved, step) else end
-            n = body.splice_into(fd, size, check_lease)
+                reserved = reserved + step if writer.reserve(reserved, step) else end
+            n = body.splice_into(target, size, check_lease)
             if n == 0:
                 return
             self.written += n
@@ -451,8 +457,8 @@ class _Run:
     # -- endings -----------------------------------------------------------------
 
     def _commit(self) -> None:
-        if self.settings.fsync and self.written > self.committed:
-            os.fdatasync(self.fd)
+        if self.written > self.committed:
+            self._writer().settle()
         self.record.offset = self.start + self.written
         self.expiry.stamp(self.record, time.time())
         self.registry.save(self.lease, self.record)
@@ -463,7 +469,7 @@ class _Run:
 
     def _discard(self) -> None:
         """Drop this request's bytes: the offset stays where it was."""
-        os.ftruncate(self.fd, self.start)
+        self._writer().cut(self.start)
         self.written = 0
         self.record.offset = self.start
 
@@ -478,9 +484,10 @@ class _Run:
             self._discard()
             raise
         assert checksum is not None
+        writer = self._writer()
         position, end = self.start, self.start + self.written
         while position < end:
-            n = os.preadv(self.fd, [view[: min(len(view), end - position)]], position)
+            n = writer.read_back(position, view[: min(len(view), end - position)])
             if n <= 0:
                 raise OSError(errno.EIO, "upload file is shorter than the bytes just written")
             checksum.update(view[:n])
@@ -502,10 +509,14 @@ class _Run:
         end = self.start + self.written
         aligned = (end // ROOM_ON_FULL_DISK - 1) * ROOM_ON_FULL_DISK
         keep_until = max(self.start + self.committed, aligned)
-        os.ftruncate(self.fd, keep_until)
+        self._writer().cut(keep_until)
         self.written = keep_until - self.start
         if self.written > self.committed:
             self._commit()
+
+    def _writer(self) -> UploadWriter:
+        assert self.writer is not None, "the append opened no writer"
+        return self.writer
 
     def _offset_header(self) -> dict[str, str]:
         return {"Upload-Offset": str(self.record.offset)}

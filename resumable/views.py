@@ -42,7 +42,7 @@ from .protocol import (
 from .records import UploadRecord
 from .registry import Lease, LeaseLost, Registry
 from .settings import Settings
-from .storage import FileStore
+from .store import Store
 from .transfer import Appender
 
 #: Extensions this server implements, in the order OPTIONS lists them.
@@ -79,7 +79,7 @@ class Services:
     """What the views need, built once per app by the factory."""
 
     settings: Settings
-    store: FileStore
+    store: Store
     registry: Registry
     appender: Appender
     concatenator: Concatenator
@@ -454,7 +454,7 @@ def download(upload_id: str) -> Response:
     if not record.is_complete:
         raise NotFound("upload is not complete yet; HEAD tells how far it is")
     metadata = parse_metadata(record.metadata)
-    return download_response(svc.store.open_for_reading(upload_id), record, metadata)
+    return download_response(svc.store.open_data(upload_id), record, metadata)
 
 
 # --------------------------------------------------------------------------

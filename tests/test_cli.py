@@ -22,10 +22,10 @@ import pytest
 import requests
 
 from resumable.cli import build_parser, settings_environment, settings_from_args
+from resumable.filestore import FileStore
 from resumable.protocol import new_upload_id
 from resumable.records import UploadRecord
 from resumable.settings import ENV_PREFIX, Settings
-from resumable.storage import FileStore
 
 from .support import free_port
 
@@ -391,8 +391,8 @@ def test_gc_with_redis_down_is_one_line(tmp_path: Path) -> None:
     """With an upload to look at (its record would be read from Redis) and with none."""
     store = FileStore(tmp_path / "with-upload")
     record = UploadRecord(id=new_upload_id(), length=10, created=1.0)
-    os.close(store.create_data(record.id))
-    store.write_sidecar(record)
+    store.create(record.id).close()
+    store.write_record(record)
     url = f"redis://127.0.0.1:{free_port()}/0"
     for data_dir in (store.root, tmp_path / "empty"):
         result = run_cli("gc", "--redis-url", url, "--data-dir", str(data_dir))

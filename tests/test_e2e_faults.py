@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from resumable.storage import read_sidecar_file
+from resumable.filestore import read_sidecar_file
 
 from .support import (
     OFFSET_STREAM,

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from resumable.storage import read_sidecar_file
+from resumable.filestore import read_sidecar_file
 
 from .support import (
     TUS,

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 import requests
 
+from resumable.filestore import FileStore
 from resumable.protocol import new_upload_id
 from resumable.records import UploadRecord
 from resumable.redis_url import parse_redis_url, redacted
 from resumable.registry import RegistryUnavailable
 from resumable.registry.redis import RedisRegistry, connect
-from resumable.storage import FileStore
 
 from .faults.process_tools import Blob, Resumer, Tally, random_buffer
 from .support import TUS, RedisCluster, RedisSentinel, RedisServer, Server, wait_until

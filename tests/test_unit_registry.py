@@ -17,15 +17,22 @@ import pytest
 import redis
 
 from resumable.expiry import ExpiryPolicy
+from resumable.filestore import FileStore
 from resumable.protocol import Locked, new_upload_id
 from resumable.records import UploadRecord
 from resumable.registry import LeaseLost, Mailbox, Registry, RegistryUnavailable, ReleaseState
 from resumable.registry.embedded import EmbeddedRegistry
 from resumable.registry.redis import RedisLease, RedisRegistry, connect
 from resumable.registry.wakeups import Silent
-from resumable.storage import FileStore
 
 from .support import free_port
+
+
+def _embedded_registry(tmp_path) -> EmbeddedRegistry:
+    return EmbeddedRegistry(
+        FileStore(tmp_path), tmp_path, lock_ttl=1.0, lock_wait=0.5, heartbeat=0.05
+    )
+
 
 REDIS_KINDS = ["fakeredis", "redis", "redis-cluster", "redis-sentinel"]
 
@@ -45,7 +52,7 @@ def _redis_registry(kind: str, request: pytest.FixtureRequest, tmp_path) -> Redi
 @pytest.fixture(params=["embedded", *REDIS_KINDS])
 def registry(request: pytest.FixtureRequest, tmp_path) -> Registry:
     if request.param == "embedded":
-        return EmbeddedRegistry(FileStore(tmp_path), lock_ttl=1.0, lock_wait=0.5, heartbeat=0.05)
+        return _embedded_registry(tmp_path)
     return _redis_registry(request.param, request, tmp_path)
 
 
@@ -118,7 +125,7 @@ def test_embedded_requests_and_commits_leave_the_directories_alone(tmp_path) -> 
     """A HEAD's soft request, its acknowledgement, a hard request and a commit write
     into files that exist: under heavy writeback a file system stalls directory
     operations (each rename or unlink) for seconds, so none may be on that path."""
-    registry = EmbeddedRegistry(FileStore(tmp_path), lock_ttl=1.0, lock_wait=0.5, heartbeat=0.05)
+    registry = _embedded_registry(tmp_path)
     record = _new(registry)
     lease = registry.acquire(record.id)
     before = _entries(tmp_path)
@@ -166,7 +173,7 @@ def test_save_commits_only_under_the_lease(registry: Registry) -> None:
     record.offset = 4
     registry.save(lease, record)
     assert registry.get(record.id).offset == 4
-    assert registry.store.read_sidecar(record.id).offset == 4
+    assert registry.store.read_record(record.id).offset == 4
     lease.release()
     if isinstance(registry, RedisRegistry):
         record.offset = 6

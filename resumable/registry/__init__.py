@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..settings import Settings
-from ..storage import FileStore
+from ..store import Store
 from .base import Lease, LeaseLost, Mailbox, Registry, RegistryUnavailable, ReleaseState
 
 __all__ = [
@@ -16,7 +16,7 @@ __all__ = [
     "make_registry",
 ]
 
-def make_registry(settings: Settings, store: FileStore) -> Registry:
+def make_registry(settings: Settings, store: Store) -> Registry:
     """Redis when a URL is configured, else the embedded single-host registry."""
     if settings.redis_url:
         from .redis import RedisRegistry, connect
@@ -33,7 +33,12 @@ def make_registry(settings: Settings, store: FileStore) -> Registry:
     from .embedded import EmbeddedRegistry
 
     return EmbeddedRegistry(
-        store, settings.lock_ttl, settings.lock_wait, settings.renewal_interval
+        store,
+        settings.data_dir,
+        settings.lock_ttl,
+        settings.lock_wait,
+        settings.renewal_interval,
+        mode=settings.data_dir_permissions,
     )
 
 

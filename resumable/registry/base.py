@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import enum
 import math
-import os
 import time
 from abc import ABC, abstractmethod
 
 from ..protocol import Locked
 from ..records import UploadRecord
-from ..storage import FileStore
+from ..store import Store, UploadWriter
 from .wakeups import Silent, Wakeup
 
 POLL_SECONDS = 0.01
@@ -93,9 +92,9 @@ class Lease(ABC):
     def release(self) -> None:
         """Give the lock up (no-op if it was lost)."""
 
-    def take_data_fd(self) -> int:
-        """A descriptor of the data file opened with the lease (the caller closes it), or -1."""
-        return -1
+    def take_writer(self) -> UploadWriter | None:
+        """The writer opened with the lease (the caller closes it), or None."""
+        return None
 
 
 class BirthLease(Lease):
@@ -105,21 +104,21 @@ class BirthLease(Lease):
     request can reach it and no lock is taken; its record is published by
     its first commit. A creation with data so costs one record write and no
     lock files or round trips, which is most of the price of a small upload.
-    The data file it creates stays open for the append that follows, which
-    saves opening it a second time.
+    The writer the store made with the upload stays open for the append that
+    follows, which saves opening it a second time.
     """
 
     interval = math.inf  # nothing to renew
 
-    def __init__(self, upload_id: str, data_fd: int):
+    def __init__(self, upload_id: str, writer: UploadWriter):
         self.upload_id = upload_id
         self.wakeup = Silent()
         self.born = False
-        self.data_fd = data_fd
+        self.writer: UploadWriter | None = writer
 
-    def take_data_fd(self) -> int:
-        fd, self.data_fd = self.data_fd, -1
-        return fd
+    def take_writer(self) -> UploadWriter | None:
+        writer, self.writer = self.writer, None
+        return writer
 
     def heartbeat(self) -> Mailbox:
         return Mailbox.HELD
@@ -131,16 +130,16 @@ class BirthLease(Lease):
         return True
 
     def release(self) -> None:
-        """Nothing is locked; the data file is closed if no append took it."""
-        fd = self.take_data_fd()
-        if fd >= 0:
-            os.close(fd)
+        """Nothing is locked; the writer is closed if no append took it."""
+        writer = self.take_writer()
+        if writer is not None:
+            writer.close()
 
 
 class Registry(ABC):
     """Upload records and their locks."""
 
-    def __init__(self, store: FileStore, lock_ttl: float, lock_wait: float, heartbeat: float):
+    def __init__(self, store: Store, lock_ttl: float, lock_wait: float, heartbeat: float):
         self.store = store
         self.lock_ttl = lock_ttl
         self.lock_wait = lock_wait
@@ -150,7 +149,7 @@ class Registry(ABC):
 
     def create(self, record: UploadRecord) -> None:
         """Make a new upload exist: its data file, then its record."""
-        os.close(self.store.create_data(record.id))
+        self.store.create(record.id).close()
         try:
             self.publish(record)
         except BaseException:
@@ -159,7 +158,7 @@ class Registry(ABC):
 
     def conceive(self, record: UploadRecord) -> BirthLease:
         """The data file of a new upload and the lease to fill it (see BirthLease)."""
-        return BirthLease(record.id, self.store.create_data(record.id))
+        return BirthLease(record.id, self.store.create(record.id))
 
     def abandon(self, lease: BirthLease) -> None:
         """A creation that failed before its record was published leaves nothing."""
@@ -189,7 +188,7 @@ class Registry(ABC):
 
     @abstractmethod
     def delete(self, lease: Lease) -> None:
-        """Forget the upload (its files are removed first by the caller)."""
+        """Forget the upload, then remove it from the store; LeaseLost unless ``lease`` holds."""
 
     # -- concatenation: which finals wait for a partial ----------------------
 
@@ -208,6 +207,10 @@ class Registry(ABC):
     @abstractmethod
     def drop_waiting_index(self, part_id: str) -> None:
         """Forget which finals listed ``part_id`` (the part is gone)."""
+
+    def remove_leftovers(self, older_than: float) -> int:
+        """Remove what crashes left of the registry's own (files of the embedded one)."""
+        return 0
 
     def forget(self, lease: Lease, record: UploadRecord) -> None:
         """Delete an upload and its entries in the concatenation index."""

@@ -1,7 +1,8 @@
 """Embedded registry: one host, no Redis, any number of workers and threads.
 
-The sidecar file is the record. Locks are ``flock`` locks on
-``locks/<id>.lock``: each acquisition opens its own file description, so
+The store's durable record (the file store's sidecar) is the record. Locks
+are ``flock`` locks on ``<directory>/locks/<id>.lock``, in the local
+directory it is given (the data directory): each acquisition opens its own file description, so
 they exclude threads of one process as well as other processes, and the
 kernel drops them when a worker dies, however it dies.
 
@@ -21,7 +22,7 @@ token, so it reads as no request, and the requester asks again.
 Each process listens on an abstract unix socket named after the data
 directory and its pid, so nothing is left on disk when it dies. Like every
 file under the data directory, lock files are opened without following
-links (see storage.py).
+links (see files.py).
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ import shutil
 import socket
 from pathlib import Path
 
+from ..files import DEFAULT_MODE, make_private_dir, open_nofollow, read_small_file, remove_unknown
 from ..records import UploadRecord
-from ..storage import FileStore, make_private_dir, open_nofollow, read_small_file
+from ..store import Store
 from .base import Lease, LeaseLost, Mailbox, Registry, ReleaseState
 from .wakeups import Doorbells, Wakeup
 
@@ -90,17 +92,30 @@ class FileLease(Lease):
 
 
 class EmbeddedRegistry(Registry):
-    def __init__(self, store: FileStore, lock_ttl: float, lock_wait: float, heartbeat: float):
+    def __init__(
+        self,
+        store: Store,
+        directory: str | os.PathLike[str],
+        lock_ttl: float,
+        lock_wait: float,
+        heartbeat: float,
+        mode: int | None = None,
+    ):
         super().__init__(store, lock_ttl, lock_wait, heartbeat)
+        self.mode = DEFAULT_MODE if mode is None else mode
         self.doorbells = Doorbells(self._listen, "resumable-doorbells")
         self.sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         #: Abstract socket names of this data directory's processes, without the pid.
         self.address_prefix = b"\0resumable-" + hashlib.sha256(
-            str(Path(store.root).resolve()).encode()
+            str(Path(directory).resolve()).encode()
         ).hexdigest()[:24].encode()
-        self.locks = Path(store.root) / "locks"
-        make_private_dir(self.locks, store.mode)
-        self.waiting = Path(store.root) / "waiting"
+        self.locks = Path(directory) / "locks"
+        make_private_dir(self.locks, self.mode)
+        self.waiting = Path(directory) / "waiting"
+
+    def remove_leftovers(self, older_than: float) -> int:
+        """Lock files of uploads that are gone (a crash between deleting and unlocking)."""
+        return remove_unknown(self.locks, set(self.store.upload_ids()), older_than)
 
     def lock_path(self, upload_id: str) -> Path:
         return self.locks / f"{upload_id}.lock"
@@ -121,15 +136,15 @@ class EmbeddedRegistry(Registry):
     # -- records ---------------------------------------------------------------
 
     def publish(self, record: UploadRecord) -> None:
-        self.store.write_sidecar(record)
+        self.store.write_record(record)
 
     def get(self, upload_id: str) -> UploadRecord | None:
-        return self.store.read_sidecar(upload_id)
+        return self.store.read_record(upload_id)
 
     def save_held(self, lease: Lease, record: UploadRecord) -> None:
         if not lease.is_valid():
             raise LeaseLost(f"lost the lock on {record.id}")
-        self.store.write_sidecar(record)
+        self.store.write_record(record)
 
     def delete(self, lease: Lease) -> None:
         upload_id = lease.upload_id
@@ -154,7 +169,7 @@ class EmbeddedRegistry(Registry):
         """
         for _attempt in range(100):
             try:
-                make_private_dir(folder, self.store.mode)
+                make_private_dir(folder, self.mode)
                 fd = open_nofollow(folder / final_id, os.O_WRONLY | os.O_CREAT)
             except FileNotFoundError:
                 continue  # the folder was removed under us

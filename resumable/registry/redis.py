@@ -12,7 +12,7 @@ each script below touches one slot only):
 * channel ``wake:<process>`` – a release request for an upload held by
   that process, published with the request: a token is ``<process>.<random>``,
   and each process's doorbell thread subscribes to its own channel;
-* ``gone:{<id>}`` – tombstone of a deleted upload, so a stale sidecar read in a
+* ``gone:{<id>}`` – tombstone of a deleted upload, so a stale durable record read in a
   race cannot bring the record back;
 * ``waiting:{<part id>}`` – set of the final uploads waiting for that partial upload.
 
@@ -20,9 +20,10 @@ Every step that must see the lock and act on it at once is a Lua script, so
 no other client can slip in between the check and the change. redis-py sends
 a command again when its connection broke (a failover, a restarted node), so
 a script may run twice: each is written to give the same answer the second
-time (``ACQUIRE`` knows its own token). The sidecar
-file is written after each successful commit; if Redis loses its data the
-record is rebuilt from it (docs/architecture.md, invariant 8).
+time (``ACQUIRE`` knows its own token). The store's durable copy of the
+record (the file store's sidecar) is written after each successful commit;
+if Redis loses its data the record is rebuilt from it (docs/architecture.md,
+invariant 8).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
 from ..records import UploadRecord
 from ..redis_url import parse_redis_url
-from ..storage import FileStore
+from ..store import Store
 from .base import Lease, LeaseLost, Mailbox, Registry, RegistryUnavailable, ReleaseState
 from .wakeups import Doorbells, Wakeup
 
@@ -403,7 +404,7 @@ class RedisRegistry(Registry):
 
     def __init__(
         self,
-        store: FileStore,
+        store: Store,
         client: Client,
         prefix: str,
         lock_ttl: float,
@@ -478,7 +479,7 @@ class RedisRegistry(Registry):
 
     @_neutral
     def publish(self, record: UploadRecord) -> None:
-        self.store.write_sidecar(record)
+        self.store.write_record(record)
         self.redis.hset(self.key("upload", record.id), mapping=_hash_fields(record))
 
     @_neutral
@@ -486,10 +487,10 @@ class RedisRegistry(Registry):
         fields = self.redis.hgetall(self.key("upload", upload_id))
         if fields:
             return _from_hash(fields)
-        sidecar = self.store.read_sidecar(upload_id)
-        if sidecar is None:
+        durable = self.store.read_record(upload_id)
+        if durable is None:
             return None
-        values = _hash_fields(sidecar)
+        values = _hash_fields(durable)
         rebuilt = self.scripts["rebuild"](
             [self.key("upload", upload_id), self.key("gone", upload_id)],
             [
@@ -501,7 +502,7 @@ class RedisRegistry(Registry):
             ],
         )
         if rebuilt:
-            return sidecar
+            return durable
         fields = self.redis.hgetall(self.key("upload", upload_id))
         return _from_hash(fields) if fields else None
 
@@ -524,7 +525,7 @@ class RedisRegistry(Registry):
         if not saved:
             raise LeaseLost(f"lost the lock on {record.id}")
         lease.asked_soft = False
-        self.store.write_sidecar(record)
+        self.store.write_record(record)
 
     @_neutral
     def delete(self, lease: Lease) -> None:

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from resumable.storage import read_sidecar_file
+from resumable.filestore import read_sidecar_file
 
 from ..support import OFFSET_STREAM, Server, TusClient, pattern_bytes, wait_until
 from .test_hostile_input import raw_request

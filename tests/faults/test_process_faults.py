@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from resumable.storage import read_sidecar_file
+from resumable.filestore import read_sidecar_file
 
 from ..support import (
     OFFSET_STREAM,

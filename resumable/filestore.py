@@ -1,4 +1,4 @@
-"""Bytes on disk: one data file and one small sidecar record per upload.
+"""The file store: one data file and one small sidecar record per upload, on local disk.
 
 The sidecar (``<id>.json``) is the durable copy of the upload record. The
 embedded registry uses it as *the* record; the Redis registry rebuilds a lost
@@ -17,81 +17,33 @@ recently freed inodes than everything else the server did. A record that
 outgrows its slots, or a sidecar in the older plain-JSON form, is written
 whole again.
 
-Every file under the data directory is opened with ``O_NOFOLLOW`` (new ones
-also with ``O_EXCL``): a symbolic link planted in it is refused, never
-followed to truncate or expose a file elsewhere. The directories are created
-with the configured mode (``0700`` by default), so other local users cannot
-plant anything in the first place.
+Files are opened as :mod:`resumable.files` says: never through a link.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
 import os
 import secrets
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
 
-from .protocol import InsufficientStorage, is_valid_upload_id
+from .files import (
+    DEFAULT_MODE,
+    _read_all,
+    copy_range,
+    make_private_dir,
+    open_nofollow,
+    preallocate,
+    raise_if_disk_full,
+    read_small_file,
+    remove_unknown,
+    write_all,
+)
+from .protocol import is_valid_upload_id
 from .records import UploadRecord
-
-#: Flags of every open under the data directory: no link is ever followed.
-NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
-DEFAULT_MODE = 0o700
-
-
-def make_private_dir(path: Path, mode: int | None = None) -> None:
-    """Create ``path`` (and missing parents) with ``mode``; an existing one is left as it is.
-
-    ``mkdir``'s mode is masked by the umask, so it is set again explicitly
-    on the directories this call created.
-    """
-    mode = DEFAULT_MODE if mode is None else mode
-    missing = []
-    current = path
-    while not current.exists():
-        missing.append(current)
-        current = current.parent
-    for folder in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            folder.mkdir(mode=mode)
-            os.chmod(folder, mode)
-
-
-def open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
-    return os.open(path, flags | NOFOLLOW, mode)
-
-
-#: fallocate(2) with FALLOC_FL_KEEP_SIZE, where the C library has it: the
-#: standard library offers only posix_fallocate, which moves the end of file.
-_FALLOC_FL_KEEP_SIZE = 1
-try:
-    _libc = ctypes.CDLL(None, use_errno=True)
-    _fallocate = _libc.fallocate64
-    _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    _fallocate.restype = ctypes.c_int
-except (OSError, AttributeError):  # pragma: no cover - not Linux with glibc
-    _fallocate = None
-
-
-def preallocate(fd: int, offset: int, length: int) -> bool:
-    """Reserve disk blocks for bytes about to be written, without moving the end of file.
-
-    Writing into reserved blocks spares the file system its per-page block
-    reservation, which is a large part of the kernel's work when a body
-    streams into the page cache. The end of file stays where the recorded
-    offset is, so nothing about what was acknowledged changes. False when
-    the system or file system cannot (or the disk has no room left for the
-    whole range): the caller then just writes, and a full disk shows there.
-    """
-    if _fallocate is None:
-        return False
-    return _fallocate(fd, _FALLOC_FL_KEEP_SIZE, offset, length) == 0
-
+from .store import Store, StoredData, UploadWriter
 
 #: Room left in each slot for the record to grow (its offset's digits, a length
 #: learnt late, an expiry or finish time), so it is rarely written whole again.
@@ -131,30 +83,6 @@ def _newest_slot(raw: bytes) -> tuple[int, int, bytes] | None:
     return best
 
 
-def _read_all(fd: int) -> bytes:
-    """A small file's bytes, from its start."""
-    chunks = []
-    offset = 0
-    while True:
-        chunk = os.pread(fd, 65536, offset)
-        chunks.append(chunk)
-        if len(chunk) < 65536:  # a short read of a regular file is its end
-            return b"".join(chunks)
-        offset += len(chunk)
-
-
-def read_small_file(path: Path) -> bytes | None:
-    """A small file's bytes (opened without following links); None when it does not exist."""
-    try:
-        fd = open_nofollow(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        return _read_all(fd)
-    finally:
-        os.close(fd)
-
-
 def read_sidecar_file(path: Path) -> UploadRecord | None:
     """The newest record a sidecar holds; None when the file does not exist."""
     raw = read_small_file(path)
@@ -168,14 +96,43 @@ def read_sidecar_file(path: Path) -> UploadRecord | None:
     return UploadRecord.from_json(newest[2])
 
 
-def write_all(fd: int, data: bytes | memoryview) -> None:
-    """``os.write`` until every byte is written (a write may take only part)."""
-    written = os.write(fd, data)
-    while written < len(data):
-        written += os.write(fd, data[written:])
+class FileWriter(UploadWriter):
+    """Appends to a data file through one descriptor, positioned at the end of what is kept."""
+
+    def __init__(self, fd: int, fsync: bool):
+        self.fd = fd
+        self.fsync = fsync
+
+    def write(self, data: memoryview) -> None:
+        write_all(self.fd, data)
+
+    def splice_target(self) -> int | None:
+        return self.fd
+
+    def reserve(self, offset: int, length: int) -> bool:
+        return preallocate(self.fd, offset, length)
+
+    def cut(self, end: int) -> None:
+        os.ftruncate(self.fd, end)
+        os.lseek(self.fd, end, os.SEEK_SET)
+
+    def read_back(self, position: int, view: memoryview) -> int:
+        return os.preadv(self.fd, [view], position)
+
+    def settle(self) -> None:
+        """The bytes are in the page cache once written; with --fsync, on disk too."""
+        if self.fsync:
+            os.fdatasync(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
 
 
-class FileStore:
+class FileStore(Store):
+    """Uploads under ``<root>/uploads``: ``<id>`` (the bytes) and ``<id>.json`` (the sidecar)."""
+
     def __init__(self, root: str | os.PathLike[str], fsync: bool = False, mode: int | None = None):
         self.root = Path(root)
         self.mode = DEFAULT_MODE if mode is None else mode
@@ -193,17 +150,9 @@ class FileStore:
     def sidecar_path(self, upload_id: str) -> Path:
         return self.data_path(upload_id).with_suffix(".json")
 
-    # -- sidecar records -------------------------------------------------------
+    # -- records: the sidecar ----------------------------------------------------
 
-    def create_data(self, upload_id: str) -> int:
-        """A new upload's empty data file, open read-write; its sidecar makes it exist later."""
-        try:
-            return open_nofollow(self.data_path(upload_id), os.O_RDWR | os.O_CREAT | os.O_EXCL)
-        except OSError as error:
-            raise_if_disk_full(error)
-            raise
-
-    def write_sidecar(self, record: UploadRecord) -> None:
+    def write_record(self, record: UploadRecord) -> None:
         """Commit ``record``: into the older slot in place, or the whole file anew."""
         path = self.sidecar_path(record.id)
         data = record.to_json().encode()
@@ -257,7 +206,7 @@ class FileStore:
             raise_if_disk_full(error)
             raise
 
-    def read_sidecar(self, upload_id: str) -> UploadRecord | None:
+    def read_record(self, upload_id: str) -> UploadRecord | None:
         """The newest record of the sidecar, or None when the upload does not exist."""
         return read_sidecar_file(self.sidecar_path(upload_id))
 
@@ -273,10 +222,25 @@ class FileStore:
             if name.endswith(".json") and is_valid_upload_id(name[:-5]):
                 yield name[:-5]
 
+    def remove_leftovers(self, older_than: float) -> int:
+        """Data files without a sidecar (a crashed creation or deletion) and
+        temporary sidecars, untouched since ``older_than``."""
+        known = set(self.upload_ids())
+        return remove_unknown(self.uploads, known, older_than)
+
     # -- data ----------------------------------------------------------------
 
-    def open_for_append(self, upload_id: str, offset: int) -> int:
-        """A read-write descriptor positioned at ``offset`` (reads verify trailers).
+    def create(self, upload_id: str) -> FileWriter:
+        """A new upload's empty data file, open read-write; its sidecar makes it exist later."""
+        try:
+            fd = open_nofollow(self.data_path(upload_id), os.O_RDWR | os.O_CREAT | os.O_EXCL)
+        except OSError as error:
+            raise_if_disk_full(error)
+            raise
+        return FileWriter(fd, self.fsync)
+
+    def open_writer(self, upload_id: str, offset: int) -> FileWriter:
+        """A writer positioned at ``offset`` (its reads verify trailers).
 
         Whatever the file holds past the recorded offset was never
         acknowledged (a crash between write and commit, or a rejected
@@ -290,11 +254,18 @@ class FileStore:
         except BaseException:
             os.close(fd)
             raise
-        return fd
+        return FileWriter(fd, self.fsync)
 
-    def open_for_reading(self, upload_id: str) -> BinaryIO:
-        """The data file for a download (a link in its place is refused)."""
-        return open(open_nofollow(self.data_path(upload_id), os.O_RDONLY), "rb")
+    def open_data(self, upload_id: str) -> StoredData:
+        """The data file for a download (a link in its place is refused), described
+        by ``fstat`` of the same descriptor, so what is described is what is sent."""
+        file = open(open_nofollow(self.data_path(upload_id), os.O_RDONLY), "rb")
+        try:
+            status = os.fstat(file.fileno())
+        except BaseException:
+            file.close()
+            raise
+        return StoredData(file, status.st_size, status.st_mtime)
 
     def concatenate(
         self,
@@ -344,45 +315,3 @@ class FileStore:
 COPY_PIECE = 256 * 1024 * 1024
 
 
-def copy_range(
-    source: int, target: int, length: int, target_offset: int, source_offset: int = 0
-) -> None:
-    """Copy ``length`` bytes from ``source_offset`` of ``source`` to ``target_offset``."""
-    copied = 0
-    try:
-        while copied < length:
-            n = os.copy_file_range(
-                source,
-                target,
-                length - copied,
-                offset_src=source_offset + copied,
-                offset_dst=target_offset + copied,
-            )
-            if n == 0:
-                raise OSError(errno.EIO, "source file is shorter than its recorded length")
-            copied += n
-        return
-    except OSError as error:
-        if error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-            raise
-    os.lseek(target, target_offset + copied, os.SEEK_SET)
-    while copied < length:
-        n = os.sendfile(target, source, source_offset + copied, length - copied)
-        if n == 0:
-            raise OSError(errno.EIO, "source file is shorter than its recorded length")
-        copied += n
-
-
-def is_disk_full(error: BaseException) -> bool:
-    """Whether ``error`` says the file system (or the user's quota) has no room left."""
-    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
-def disk_full() -> InsufficientStorage:
-    """The ``507`` a full disk is answered with (an append says how much it kept instead)."""
-    return InsufficientStorage("the server's storage is full; retry later")
-
-
-def raise_if_disk_full(error: OSError) -> None:
-    if is_disk_full(error):
-        raise disk_full() from error
