@@ -14,7 +14,6 @@ from .cors import apply_cors
 from .demo import demo_blueprint
 from .expiry import ExpiryPolicy
 from .files import disk_full, is_disk_full
-from .filestore import FileStore
 from .hooks import load_authorizer
 from .middleware import MethodOverride, TrustedProxy
 from .protocol import (
@@ -25,6 +24,7 @@ from .protocol import (
 )
 from .registry import LeaseLost, RegistryUnavailable, make_registry
 from .settings import Settings
+from .store import StoreUnavailable, make_store
 from .transfer import Appender, BufferPool
 from .views import Services, blueprint
 
@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     """A tus server for ``settings`` (defaults and ``RESUMABLE_*`` when None)."""
     settings = settings or Settings.load()
     app = Flask(__name__)
-    store = FileStore(settings.data_dir, fsync=settings.fsync, mode=settings.data_dir_permissions)
+    store = make_store(settings)
     registry = make_registry(settings, store)
     expiry = ExpiryPolicy.from_settings(settings)
     concatenator = Concatenator(registry, store, expiry, settings.max_size)
@@ -97,6 +97,9 @@ def unexpected_error_response(error: Exception) -> Response:
     if isinstance(error, RegistryUnavailable):
         log.warning("registry unavailable: %s", error)
         return error_response(ServiceUnavailable("the upload registry is unavailable; retry"))
+    if isinstance(error, StoreUnavailable):
+        log.warning("storage unavailable: %s", error)
+        return error_response(ServiceUnavailable("the upload storage is unavailable; retry"))
     if is_disk_full(error):
         return error_response(disk_full())
     if isinstance(error, OSError) and error.errno == errno.ELOOP:

@@ -71,6 +71,17 @@ def check_data_dir(path: str, mode: int | None = None) -> None:
         raise ValueError(f"data_dir {path!r} is not writable: {error.strerror}") from None
 
 
+def check_bucket(settings: Settings) -> None:
+    """A missing bucket or bad credentials stop the command here, with the reason."""
+    if not settings.s3_bucket:
+        return
+    from .s3store import bucket_problem
+
+    problem = bucket_problem(settings.s3_bucket, settings.s3_endpoint, settings.s3_region)
+    if problem is not None:
+        raise ValueError(problem)
+
+
 def settings_environment(settings: Settings) -> dict[str, str]:
     """The settings as RESUMABLE_* variables, to hand to a child process."""
     environment = {}
@@ -231,12 +242,12 @@ def serve(settings: Settings) -> int:
 def collect_garbage(settings: Settings, every: float | None, first_after: float = 0.0) -> int:
     """One collection, or one every ``every`` seconds until the parent server exits."""
     from .expiry import ExpiryPolicy
-    from .filestore import FileStore
     from .gc import collect
     from .registry import make_registry
+    from .store import make_store
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s gc %(message)s")
-    store = FileStore(settings.data_dir, mode=settings.data_dir_permissions)
+    store = make_store(settings)
     registry = make_registry(settings, store)
     expiry = ExpiryPolicy.from_settings(settings)
     parent = os.getppid()
@@ -321,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from_args(args)
         check_data_dir(settings.data_dir, settings.data_dir_permissions)
+        check_bucket(settings)
         load_authorizer(settings.auth_hook)
     except ValueError as error:
         parser.error(str(error))

@@ -112,14 +112,15 @@ class FileWriter(UploadWriter):
     def reserve(self, offset: int, length: int) -> bool:
         return preallocate(self.fd, offset, length)
 
-    def cut(self, end: int) -> None:
+    def cut(self, end: int) -> int:
         os.ftruncate(self.fd, end)
         os.lseek(self.fd, end, os.SEEK_SET)
+        return end
 
     def read_back(self, position: int, view: memoryview) -> int:
         return os.preadv(self.fd, [view], position)
 
-    def settle(self) -> None:
+    def settle(self, record: UploadRecord) -> None:
         """The bytes are in the page cache once written; with --fsync, on disk too."""
         if self.fsync:
             os.fdatasync(self.fd)

@@ -49,6 +49,20 @@ class Settings:
     data_dir_mode: str = _setting(
         "0700", "permissions (octal) of the data directory and its folders when they are created"
     )
+    s3_bucket: str | None = _setting(
+        None,
+        "S3 bucket the uploads are kept in (finished ones as one object each); unset: files "
+        "in the data directory, which then holds only spool files",
+    )
+    s3_endpoint: str | None = _setting(
+        None, "S3 endpoint URL for S3-compatible storage (MinIO, Ceph RGW, R2); unset: AWS"
+    )
+    s3_prefix: str = _setting("", "prefix of every object key this server writes")
+    s3_region: str | None = _setting(None, "S3 region; unset: the AWS configuration's")
+    s3_part_size: int = _setting(
+        8 * MiB,
+        "bytes of each multipart part (5 MiB to 5 GiB; grown so 10,000 parts hold the upload)",
+    )
     redis_url: str | None = _setting(
         None,
         "Redis URL for offsets and locks shared by many hosts: redis://, rediss://, unix://, "
@@ -158,6 +172,10 @@ class Settings:
             (self.header_timeout > 0, "header_timeout must be positive"),
             (self.data_dir_permissions is not None, "data_dir_mode must be octal, e.g. 0700"),
             (self.commit_bytes > 0, "commit_bytes must be positive"),
+            (
+                5 * MiB <= self.s3_part_size <= 5 * 1024 * MiB,
+                "s3_part_size must be 5 MiB to 5 GiB (S3's limits)",
+            ),
             (self.commit_seconds > 0, "commit_seconds must be positive"),
             (
                 self.expiry >= 0 and self.finished_expiry >= 0 and self.gc_interval >= 0,

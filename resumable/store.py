@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from .records import UploadRecord
+from .settings import Settings
 
 
 class UploadWriter(ABC):
@@ -55,16 +56,31 @@ class UploadWriter(ABC):
         return False
 
     @abstractmethod
-    def cut(self, end: int) -> None:
-        """Drop everything past ``end`` (bytes never acknowledged); appends continue there."""
+    def cut(self, end: int) -> int:
+        """Drop everything past ``end`` (bytes never settled); appends continue there.
+
+        Returns where the bytes now end: a store that cannot keep unsettled
+        bytes (object storage) goes back to what was settled.
+        """
 
     @abstractmethod
     def read_back(self, position: int, view: memoryview) -> int:
         """Read written bytes from ``position`` into ``view``: how many (0 at the end)."""
 
+    def hold(self) -> None:
+        """Keep this request's bytes readable by ``read_back`` until settled (a trailer
+        digest is checked after the last byte)."""
+        return None
+
     @abstractmethod
-    def settle(self) -> None:
-        """Make every byte written so far stored (and synced, where configured)."""
+    def settle(self, record: UploadRecord) -> None:
+        """Make every byte written so far stored (and synced, where configured).
+
+        ``record`` is the upload as the commit that follows will record it
+        (its offset counts the bytes written). When it is complete, a store
+        that keeps finished uploads in another form (one object) makes it
+        now, before that commit says so.
+        """
 
     @abstractmethod
     def close(self) -> None:
@@ -82,6 +98,23 @@ class StoredData:
     modified: float
 
 
+class StoreUnavailable(Exception):
+    """The storage cannot be reached now (object storage down, throttling): answered 503."""
+
+
+class StoredAhead(Exception):
+    """The store holds more of an upload than the registry's offset and cannot cut it back.
+
+    A crash between the store's write and the registry's commit leaves the
+    store ahead; those bytes were never acknowledged, but they are the
+    client's own, so the offset moves up to them and the client is told (409).
+    """
+
+    def __init__(self, offset: int):
+        super().__init__(f"the store holds {offset} bytes")
+        self.offset = offset
+
+
 class Store(ABC):
     """Uploads' bytes and the durable copies of their records."""
 
@@ -94,7 +127,10 @@ class Store(ABC):
 
     @abstractmethod
     def open_writer(self, upload_id: str, offset: int) -> UploadWriter:
-        """A writer appending at ``offset``, having dropped whatever lies past it."""
+        """A writer appending at ``offset``, having dropped whatever lies past it.
+
+        StoredAhead when what lies past it cannot be dropped.
+        """
 
     @abstractmethod
     def open_data(self, upload_id: str) -> StoredData:
@@ -134,3 +170,22 @@ class Store(ABC):
     @abstractmethod
     def remove_leftovers(self, older_than: float) -> int:
         """Remove what crashes left behind before ``older_than``: how many pieces."""
+
+
+def make_store(settings: Settings) -> Store:
+    """The S3 store when a bucket is configured, else the file store in the data directory."""
+    if settings.s3_bucket:
+        from .s3store import S3Store
+
+        return S3Store(
+            settings.s3_bucket,
+            settings.data_dir,
+            prefix=settings.s3_prefix,
+            endpoint=settings.s3_endpoint,
+            region=settings.s3_region,
+            part_size=settings.s3_part_size,
+            mode=settings.data_dir_permissions,
+        )
+    from .filestore import FileStore
+
+    return FileStore(settings.data_dir, fsync=settings.fsync, mode=settings.data_dir_permissions)

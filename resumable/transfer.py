@@ -40,6 +40,7 @@ back from the file, which the page cache still holds.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import math
 import mmap
@@ -58,13 +59,14 @@ from .protocol import (
     ChecksumMismatch,
     InsufficientStorage,
     Locked,
+    OffsetConflict,
     PayloadTooLarge,
     RequestTimeout,
 )
 from .records import UploadRecord
 from .registry import Lease, LeaseLost, Mailbox, Registry
 from .settings import Settings
-from .store import Store, UploadWriter
+from .store import Store, StoredAhead, UploadWriter
 
 
 class _HandOver(Exception):
@@ -256,9 +258,9 @@ class _Run:
         view = memoryview(buffer)
         drain = False  # read the rest of a small body the client is still sending
         try:
-            self.writer = self.lease.take_writer()
-            if self.writer is None:
-                self.writer = self.store.open_writer(self.record.id, self.start)
+            self.writer = self.lease.take_writer() or self._open_writer()
+            if self.trailer_checksum:
+                self.writer.hold()
             overflow = self._loop(body, view, limit)
             if overflow:
                 drain = True
@@ -456,10 +458,26 @@ class _Run:
 
     # -- endings -----------------------------------------------------------------
 
+    def _open_writer(self) -> UploadWriter:
+        """The store's writer at the recorded offset; a store found ahead moves it up (409)."""
+        try:
+            return self.store.open_writer(self.record.id, self.start)
+        except StoredAhead as ahead:
+            self.record.offset = ahead.offset
+            self.registry.save(self.lease, self.record)
+            raise OffsetConflict(
+                f"the upload's offset is {ahead.offset}", self._offset_header()
+            ) from None
+
     def _commit(self) -> None:
+        offset = self.start + self.written
         if self.written > self.committed:
-            self._writer().settle()
-        self.record.offset = self.start + self.written
+            if not self.lease.is_valid():
+                # A store's own record (S3's) is written by settle: never by a
+                # holder that may have been replaced.
+                raise LeaseLost(self.record.id)
+            self._writer().settle(dataclasses.replace(self.record, offset=offset))
+        self.record.offset = offset
         self.expiry.stamp(self.record, time.time())
         self.registry.save(self.lease, self.record)
         self.committed = self.written
@@ -509,8 +527,7 @@ class _Run:
         end = self.start + self.written
         aligned = (end // ROOM_ON_FULL_DISK - 1) * ROOM_ON_FULL_DISK
         keep_until = max(self.start + self.committed, aligned)
-        self._writer().cut(keep_until)
-        self.written = keep_until - self.start
+        self.written = self._writer().cut(keep_until) - self.start
         if self.written > self.committed:
             self._commit()
 

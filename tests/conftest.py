@@ -3,7 +3,8 @@
 A test taking ``backend`` runs once per registry: ``embedded`` and ``redis``
 (one redis-server), or the backends its module lists in ``BACKENDS``
 (``redis-cluster``: three nodes in a Redis Cluster; ``redis-sentinel``: a
-master, a replica and a sentinel).
+master, a replica and a sentinel; ``s3`` and ``redis-s3``: the embedded or
+the Redis registry with uploads kept in moto's S3 server).
 """
 
 from __future__ import annotations
@@ -12,7 +13,15 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from .support import RedisCluster, RedisSentinel, RedisServer, Server, TusClient
+from .support import (
+    MotoS3,
+    RedisCluster,
+    RedisSentinel,
+    RedisServer,
+    Server,
+    TusClient,
+    split_backend,
+)
 
 BACKENDS = ("embedded", "redis")
 #: The Redis deployment each Redis backend runs on: the session fixture that starts it.
@@ -56,18 +65,27 @@ def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSe
 
 
 @pytest.fixture(scope="session")
+def s3() -> Iterator[MotoS3]:
+    server = MotoS3().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def redis_url_for(request: pytest.FixtureRequest) -> Callable[[str], str | None]:
     """redis_url_for(backend) -> the URL of its Redis deployment (None: embedded)."""
 
     def url(backend: str) -> str | None:
-        name = REDIS_FIXTURES.get(backend)
+        name = REDIS_FIXTURES.get(split_backend(backend)[0])
         return None if name is None else request.getfixturevalue(name).url
 
     return url
 
 
 @pytest.fixture(scope="session")
-def start_server(tmp_path_factory: pytest.TempPathFactory, redis_url_for):
+def start_server(
+    tmp_path_factory: pytest.TempPathFactory, redis_url_for, request: pytest.FixtureRequest
+):
     """Factory: start_server(backend, **settings) -> running Server, stopped at the end.
 
     ``default_data_dir=True`` runs it from a fresh working directory with the
@@ -83,6 +101,8 @@ def start_server(tmp_path_factory: pytest.TempPathFactory, redis_url_for):
         **settings: object,
     ) -> Server:
         redis_url = redis_url_for(backend)
+        if split_backend(backend)[1] == "s3":
+            settings = {**request.getfixturevalue("s3").settings(), **settings}
         if default_data_dir:
             data_dir = tmp_path_factory.mktemp(f"workdir-{backend}") / "data"
         else:

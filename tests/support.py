@@ -232,6 +232,67 @@ class RedisSentinel:
                 server.stop()
 
 
+def split_backend(backend: str) -> tuple[str, str]:
+    """``redis-s3`` → (``redis``, ``s3``): the registry, and the store (``file`` unless ``s3``)."""
+    if backend == "s3":
+        return "embedded", "s3"
+    if backend.endswith("-s3"):
+        return backend[:-3], "s3"
+    return backend, "file"
+
+
+def s3_client(endpoint: str):  # noqa: ANN201 - a boto3 client
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}),
+    )
+
+
+class MotoS3:
+    """moto's S3 API server (``ThreadedMotoServer``) on a free loopback port.
+
+    Servers started by the tests find credentials in the environment, as
+    boto3's standard chain reads them; moto accepts any.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.server = None
+        self.buckets = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> MotoS3:
+        from moto.server import ThreadedMotoServer
+
+        for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                            ("AWS_DEFAULT_REGION", "us-east-1")):
+            os.environ.setdefault(name, value)
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+        return self
+
+    def new_bucket(self) -> str:
+        self.buckets += 1
+        name = f"uploads-{self.port}-{self.buckets}"
+        s3_client(self.endpoint).create_bucket(Bucket=name)
+        return name
+
+    def settings(self) -> dict[str, object]:
+        """Server settings for a fresh bucket of this server."""
+        return {"s3_bucket": self.new_bucket(), "s3_endpoint": self.endpoint,
+                "s3_prefix": "uploads/"}
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
 class Server:
     """``resumable serve`` (gunicorn) as a child process on a free port.
 
@@ -316,6 +377,59 @@ class Server:
             raise RuntimeError(f"server did not start:\n{self.log()}")
         wait_until(lambda: len(self.worker_pids()) >= self.workers, 10)
         return self
+
+    # -- what the store holds, whichever store it is --------------------------
+
+    def upload_ids(self) -> list[str]:
+        """Uploads the server keeps: sidecars on disk, or info objects in its bucket."""
+        return [name[:-5] for name in self.stored_names() if name.endswith(".json")
+                or name.endswith(".info")]
+
+    def stored_names(self, upload_id: str = "") -> list[str]:
+        """Names of the files (or objects, without the prefix) of an upload, or of all."""
+        bucket = self.settings.get("s3_bucket")
+        if bucket is None:
+            folder = Path(self.data_dir, "uploads")
+            return sorted(p.name for p in folder.glob(f"{upload_id}*")) if folder.is_dir() else []
+        prefix = str(self.settings.get("s3_prefix", ""))
+        pages = self._s3().get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix + upload_id
+        )
+        return sorted(o["Key"][len(prefix) :] for page in pages for o in page.get("Contents", []))
+
+    def stored_bytes(self, upload_id: str) -> int | None:
+        """How many bytes of the upload are stored (None when nothing is)."""
+        bucket = self.settings.get("s3_bucket")
+        if bucket is None:
+            path = Path(self.data_dir, "uploads", upload_id)
+            return path.stat().st_size if path.exists() else None
+        import json
+
+        prefix = str(self.settings.get("s3_prefix", ""))
+        try:
+            info = self._s3().get_object(Bucket=bucket, Key=f"{prefix}{upload_id}.info")
+        except Exception:  # noqa: BLE001 - no such object
+            return None
+        state = json.loads(info["Body"].read())["state"]
+        if state["complete"]:
+            return int(self._s3().head_object(Bucket=bucket, Key=prefix + upload_id)
+                       ["ContentLength"])
+        return sum(p[1] for p in state["parts"]) + sum(t[1] for t in state["tail"])
+
+    def stored_content(self, upload_id: str) -> bytes | None:
+        """A finished upload's bytes as stored (the data file, or the object)."""
+        bucket = self.settings.get("s3_bucket")
+        if bucket is None:
+            path = Path(self.data_dir, "uploads", upload_id)
+            return path.read_bytes() if path.exists() else None
+        prefix = str(self.settings.get("s3_prefix", ""))
+        try:
+            return self._s3().get_object(Bucket=bucket, Key=prefix + upload_id)["Body"].read()
+        except Exception:  # noqa: BLE001 - no such object
+            return None
+
+    def _s3(self):  # noqa: ANN202 - a boto3 client
+        return s3_client(str(self.settings["s3_endpoint"]))
 
     def _limit_descriptors(self) -> None:
         _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -255,6 +255,8 @@ def format_default(f: dataclasses.Field) -> str:
     value = f.default
     if value is None:
         return "unset"
+    if value == "":
+        return "empty"
     if isinstance(value, bool):
         return "`true`" if value else "`false`"
     if isinstance(value, float):

@@ -23,16 +23,15 @@ import secrets
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
 
 from .support import OFFSET_STREAM, TUS, Server, TusClient, pattern_bytes, wait_until
 
-#: The registries the protocol tests run on: a Redis Cluster too, where every script
-#: must stay within one upload's hash slot.
-BACKENDS = ("embedded", "redis", "redis-cluster")
+#: The registries and stores the protocol tests run on: a Redis Cluster too, where
+#: every script must stay within one upload's hash slot, and uploads kept in S3.
+BACKENDS = ("embedded", "redis", "redis-cluster", "redis-s3")
 
 MAX_SIZE = 1000
 #: The table's fixture: all nine extensions of spec section 2.
@@ -92,7 +91,7 @@ def tus(small_server: Server) -> Iterator[TusClient]:
 
 def upload_count(server: Server) -> int:
     """Uploads the server has on disk (both backends keep a sidecar per upload)."""
-    return len(list(Path(server.data_dir, "uploads").glob("*.json")))
+    return len(server.upload_ids())
 
 
 def make_upload(
