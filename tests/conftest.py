@@ -119,6 +119,8 @@ def start_server(
         return server
 
     yield start
+    for server in started:  # all stop at once: each may take seconds to let go
+        server.terminate()
     for server in started:
         server.stop()
 

@@ -459,10 +459,15 @@ class Server:
         except OSError:
             return ""
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
+        """Ask the server to stop (gunicorn's graceful stop), without waiting."""
         if self.process and self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGTERM)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.terminate()
             try:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:

@@ -1,9 +1,9 @@
 """Redis beyond one server: the URL forms, a Cluster that comes late, a Sentinel failover.
 
-The registry contract (tests/test_unit_registry.py), the protocol and
-extension tables (tests/test_protocol.py, tests/test_extensions.py) and the
-killed-worker faults (tests/faults/test_process_faults.py) also run on a
-Redis Cluster; this module covers what only these deployments have.
+The registry contract (tests/test_unit_registry.py, also on Sentinel), the
+protocol table (tests/test_protocol.py) and the killed-worker faults
+(tests/faults/test_process_faults.py) also run on a Redis Cluster; this
+module covers what only these deployments have.
 """
 
 from __future__ import annotations
