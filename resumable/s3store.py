@@ -953,12 +953,13 @@ class _Slice(_Seekable):
         want = min(len(buffer), self.size - self.position)
         if want <= 0:
             return 0
-        data = os.pread(self.fd, want, self.start + self.position)
-        if not data:
+        # Straight into the caller's buffer: a bytes object per read, in every
+        # sending thread, added 10-20 MiB to each worker's peak with 16 uploads.
+        n = os.preadv(self.fd, [memoryview(buffer).cast("B")[:want]], self.start + self.position)
+        if not n:
             raise OSError(errno.EIO, "spool file is shorter than the part")
-        buffer[: len(data)] = data
-        self.position += len(data)
-        return len(data)
+        self.position += n
+        return n
 
 
 class S3Reader(_Seekable):
