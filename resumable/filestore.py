@@ -308,9 +308,6 @@ class FileStore(Store):
             raise_if_disk_full(error)
             raise
 
-    def size(self, upload_id: str) -> int:
-        return os.stat(self.data_path(upload_id)).st_size
-
 
 #: Bytes joined between two lease renewals during a concatenation.
 COPY_PIECE = 256 * 1024 * 1024
