@@ -42,7 +42,7 @@ import os
 import secrets
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -65,8 +65,11 @@ PARTS_PER_DOUBLING = 1000
 IN_FLIGHT = 2
 #: Bytes of a download or a tail piece read per request to S3.
 READ_CHUNK = 8 * MiB
+#: Seconds between a waiting writer's calls of its keepalive (lock renewal).
+KEEPALIVE_SECONDS = 1.0
 
 _Function = TypeVar("_Function", bound=Callable[..., Any])
+_Result = TypeVar("_Result")
 
 
 def _unavailable_errors() -> tuple[type[BaseException], ...]:
@@ -768,10 +771,31 @@ class S3Writer(UploadWriter):
         self.spool_start += size
         self._new_spool()
 
+    def _wait(self, future: Future[_Result]) -> _Result:
+        """The result of work on S3, the caller's lease kept alive meanwhile.
+
+        Requests to S3 may take long (a part on a slow link, completing a
+        large object), longer than a lock outlives its last renewal: without
+        renewals a slow store would hand the upload to another request.
+        """
+        while not wait([future], timeout=KEEPALIVE_SECONDS).done:
+            self._keep_alive()
+        return future.result()
+
+    def _keep_alive(self) -> None:
+        if self.keepalive is not None:
+            self.keepalive()
+
+    def _in_background(
+        self, function: Callable[..., _Result], *args: Any, **kwargs: Any
+    ) -> _Result:
+        """``function(*args, **kwargs)`` on the store's threads, waited for with ``_wait``."""
+        return self._wait(self.store.executor.submit(function, *args, **kwargs))
+
     def _receive_oldest(self) -> None:
         number, size, path, future = self.sending[0]
         try:
-            etag = future.result()
+            etag = self._wait(future)
         finally:
             self.sending.pop(0)
             if not self.holding:
@@ -857,6 +881,7 @@ class S3Writer(UploadWriter):
                 tail.append((key, self.spooled - self.stored))
                 self.stored = self.spooled
             new = S3State(state.multipart, parts, tail, False, pieces)
+        self._keep_alive()  # never name the new state for a holder that was replaced
         self.store._write_info(record, new)
         self.state = new
         self.sent = []
@@ -867,9 +892,9 @@ class S3Writer(UploadWriter):
     def _put_spool(self, key: str, start: int, **extra: Any) -> None:
         """The current spool file from ``start`` as the object ``key``."""
         size = self.spooled - start
-        self.store.client.put_object(
-            Bucket=self.store.bucket, Key=key, Body=_Slice(self.fd, start, size),
-            ContentLength=size, **extra,
+        self._in_background(
+            self.store.client.put_object, Bucket=self.store.bucket, Key=key,
+            Body=_Slice(self.fd, start, size), ContentLength=size, **extra,
         )
 
     def _finish(self, parts: list[tuple[int, int, str]], pieces: int) -> S3State:
@@ -888,9 +913,10 @@ class S3Writer(UploadWriter):
         if self.spooled:
             assert self.path is not None
             number = len(parts) + 1
-            parts = parts + [(number, self.spooled, store.upload_part(
-                self.record.id, multipart, number, self.path, self.spooled))]
-        store.client.complete_multipart_upload(
+            parts = parts + [(number, self.spooled, self._in_background(
+                store.upload_part, self.record.id, multipart, number, self.path, self.spooled))]
+        self._in_background(
+            store.client.complete_multipart_upload,
             Bucket=store.bucket,
             Key=key,
             UploadId=multipart,

@@ -39,6 +39,12 @@ class UploadWriter(ABC):
     storage is full): the append loop decides what is kept.
     """
 
+    #: Called about every second while the writer waits on its storage (parts
+    #: in flight, an object being put together), so the request that holds
+    #: the upload keeps its lock through a slow store. It raises to end the
+    #: wait when the lock is lost. Set by the append loop.
+    keepalive: Callable[[], None] | None = None
+
     @abstractmethod
     def write(self, data: memoryview) -> None:
         """Append all of ``data``."""

@@ -259,6 +259,7 @@ class _Run:
         drain = False  # read the rest of a small body the client is still sending
         try:
             self.writer = self.lease.take_writer() or self._open_writer()
+            self.writer.keepalive = self._keep_lease
             if self.trailer_checksum:
                 self.writer.hold()
             overflow = self._loop(body, view, limit)
@@ -442,6 +443,19 @@ class _Run:
         if state is Mailbox.SOFT_RELEASE:
             self.lease.acknowledge()
         self._schedule()
+
+    def _keep_lease(self) -> None:
+        """While the store works for us (a slow part, completing an object): renew when due.
+
+        Release requests wait for the loop; a lease that is lost ends the wait.
+        """
+        now = time.monotonic()
+        if now >= self.next_renewal:
+            if self.lease.heartbeat() is Mailbox.LOST:
+                raise LeaseLost(self.record.id)
+            self.next_renewal = now + self.lease.interval
+        if not self.lease.is_valid():
+            raise LeaseLost(self.record.id)
 
     def _check_rate(self, now: float) -> None:
         """At the end of a --read-timeout window: did it bring the minimum?"""

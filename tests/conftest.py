@@ -4,17 +4,23 @@ A test taking ``backend`` runs once per registry: ``embedded`` and ``redis``
 (one redis-server), or the backends its module lists in ``BACKENDS``
 (``redis-cluster``: three nodes in a Redis Cluster; ``redis-sentinel``: a
 master, a replica and a sentinel; ``s3`` and ``redis-s3``: the embedded or
-the Redis registry with uploads kept in moto's S3 server).
+the Redis registry with uploads kept in moto's S3 server). With a
+``proxied-`` prefix (``proxied-redis-s3``) the backend is served by two
+replicas behind nginx with the shipped config, each with its own data
+directory when uploads live in S3, sharing one otherwise.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from .support import (
+    PROXIED,
     MotoS3,
+    Proxied,
     RedisCluster,
     RedisSentinel,
     RedisServer,
@@ -91,7 +97,7 @@ def start_server(
     ``default_data_dir=True`` runs it from a fresh working directory with the
     default, relative data directory.
     """
-    started: list[Server] = []
+    started: list[Server | Proxied] = []
 
     def start(
         backend: str,
@@ -99,23 +105,38 @@ def start_server(
         default_data_dir: bool = False,
         nofile: int | None = None,
         **settings: object,
-    ) -> Server:
+    ) -> Server | Proxied:
         redis_url = redis_url_for(backend)
-        if split_backend(backend)[1] == "s3":
+        on_s3 = split_backend(backend)[1] == "s3"
+        if on_s3:
             settings = {**request.getfixturevalue("s3").settings(), **settings}
-        if default_data_dir:
-            data_dir = tmp_path_factory.mktemp(f"workdir-{backend}") / "data"
+
+        def data_dir() -> Path:
+            if default_data_dir:
+                return tmp_path_factory.mktemp(f"workdir-{backend}") / "data"
+            return tmp_path_factory.mktemp(f"data-{backend}")
+
+        def replica(directory: Path, **extra: object) -> Server:
+            return Server(directory, redis_url=redis_url, workers=workers,
+                          default_data_dir=default_data_dir, nofile=nofile,
+                          **{**settings, **extra})
+
+        server: Server | Proxied
+        if backend.startswith(PROXIED):
+            if redis_url is None and on_s3:
+                raise ValueError("replicas share uploads through Redis and a store")
+            shared = data_dir()
+            # What compose sets for its replicas: one Redis prefix, a trusted proxy.
+            extra: dict[str, object] = {"trust_proxy": True}
+            if redis_url is not None:
+                extra["redis_prefix"] = f"proxied-{shared.name}:"
+            server = Proxied(
+                [replica(data_dir() if on_s3 else shared, **extra) for _ in range(2)],
+                tmp_path_factory.mktemp(f"nginx-{backend}"),
+            )
         else:
-            data_dir = tmp_path_factory.mktemp(f"data-{backend}")
-        server = Server(
-            data_dir,
-            redis_url=redis_url,
-            workers=workers,
-            default_data_dir=default_data_dir,
-            nofile=nofile,
-            **settings,
-        ).start()
-        started.append(server)
+            server = replica(data_dir())
+        started.append(server.start())
         return server
 
     yield start

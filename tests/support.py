@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import http.client
 import os
 import resource
 import shutil
@@ -12,12 +13,17 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_NGINX_CONFIG = ROOT / "deploy" / "nginx.conf"
 TUS = {"Tus-Resumable": "1.0.0"}
 OFFSET_STREAM = "application/offset+octet-stream"
 
@@ -232,8 +238,15 @@ class RedisSentinel:
                 server.stop()
 
 
+PROXIED = "proxied-"
+
+
 def split_backend(backend: str) -> tuple[str, str]:
-    """``redis-s3`` → (``redis``, ``s3``): the registry, and the store (``file`` unless ``s3``)."""
+    """``redis-s3`` → (``redis``, ``s3``): the registry, and the store (``file`` unless ``s3``).
+
+    A ``proxied-`` prefix (two replicas behind nginx, see ``Proxied``) changes neither.
+    """
+    backend = backend.removeprefix(PROXIED)
     if backend == "s3":
         return "embedded", "s3"
     if backend.endswith("-s3"):
@@ -293,6 +306,128 @@ class MotoS3:
             self.server.stop()
 
 
+class FaultyS3:
+    """An HTTP proxy in front of an S3 endpoint that slows, throttles or drops requests.
+
+    Servers pointed at ``endpoint`` reach S3 through it. Rules match a
+    request by method and a part of its query (``uploadId`` without
+    ``partNumber`` is CompleteMultipartUpload, ``partNumber`` is UploadPart):
+    ``slow`` delays every matching request, ``throttle`` answers the next
+    ``count`` of them 503 SlowDown; ``down`` drops every connection unanswered,
+    as an endpoint that went away. Request bodies are read whole: tests send
+    parts of a few MiB.
+    """
+
+    HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "expect"}
+
+    def __init__(self, upstream: str):
+        self.upstream = urlsplit(upstream)
+        self.port = free_port()
+        self.down = False
+        self.delays: list[tuple[str, str, float]] = []
+        self.throttled: list[list] = []  # [method, query part, answers left]
+        self.seen: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+        self.httpd: ThreadingHTTPServer | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def slow(self, method: str, query_part: str, seconds: float) -> None:
+        self.delays.append((method, query_part, seconds))
+
+    def throttle(self, method: str, query_part: str, count: int) -> None:
+        with self.lock:
+            self.throttled.append([method, query_part, count])
+
+    def clear(self) -> None:
+        with self.lock:
+            self.delays, self.throttled, self.down = [], [], False
+
+    @staticmethod
+    def _matches(method: str, query: str, rule_method: str, part: str) -> bool:
+        wanted = [name for name in part.split("&") if name]
+        names = {item.split("=", 1)[0] for item in query.split("&") if item}
+        plain = [name for name in wanted if not name.startswith("!")]
+        excluded = [name[1:] for name in wanted if name.startswith("!")]
+        return (method == rule_method and all(name in names for name in plain)
+                and not any(name in names for name in excluded))
+
+    def _decide(self, method: str, query: str) -> tuple[float, bool]:
+        """(seconds to wait, answer 503 instead of forwarding)."""
+        with self.lock:
+            self.seen.append((method, query))
+            delay = sum(seconds for rule_method, part, seconds in self.delays
+                        if self._matches(method, query, rule_method, part))
+            for rule in self.throttled:
+                if rule[2] > 0 and self._matches(method, query, rule[0], rule[1]):
+                    rule[2] -= 1
+                    return delay, True
+        return delay, False
+
+    def start(self) -> FaultyS3:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                return None
+
+            def forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                if proxy.down:
+                    self.close_connection = True
+                    return
+                query = urlsplit(self.path).query
+                delay, refuse = proxy._decide(self.command, query)
+                time.sleep(delay)
+                if refuse:
+                    answer = (b"<?xml version=\"1.0\"?><Error><Code>SlowDown</Code>"
+                              b"<Message>Please reduce your request rate.</Message></Error>")
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(answer)))
+                    self.end_headers()
+                    self.wfile.write(answer)
+                    return
+                upstream = http.client.HTTPConnection(
+                    proxy.upstream.hostname, proxy.upstream.port, timeout=60
+                )
+                try:
+                    headers = {k: v for k, v in self.headers.items()
+                               if k.lower() not in proxy.HOP_BY_HOP}
+                    upstream.request(self.command, self.path, body=body, headers=headers)
+                    reply = upstream.getresponse()
+                    content = reply.read()
+                finally:
+                    upstream.close()
+                self.send_response(reply.status)
+                reframed = proxy.HOP_BY_HOP | ({"content-length"} if content else set())
+                for name, value in reply.getheaders():
+                    if name.lower() not in reframed:
+                        self.send_header(name, value)
+                if content:
+                    self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(content)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+
+
 class Server:
     """``resumable serve`` (gunicorn) as a child process on a free port.
 
@@ -332,6 +467,11 @@ class Server:
         base = str(self.settings.get("base_path", "/files/"))
         return self.url + base
 
+    @property
+    def redis_prefix(self) -> str:
+        """Its own keys in a shared Redis, unless the settings name a prefix (replicas)."""
+        return str(self.settings.get("redis_prefix", f"test{self.port}:"))
+
     def command(self) -> list[str]:
         args = [
             sys.executable,
@@ -349,8 +489,10 @@ class Server:
             "warning",
         ]
         if self.redis_url:
-            args += ["--redis-url", self.redis_url, "--redis-prefix", f"test{self.port}:"]
+            args += ["--redis-url", self.redis_url, "--redis-prefix", self.redis_prefix]
         for name, value in self.settings.items():
+            if name == "redis_prefix":
+                continue
             flag = "--" + name.replace("_", "-")
             if value is True:
                 args.append(flag)
@@ -473,6 +615,218 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(10)
+
+
+def nginx_executable() -> str | None:
+    found = shutil.which("nginx")
+    if found:
+        return found
+    return "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
+
+
+NGINX_MISSING = (
+    "nginx is not installed: the proxy tests run Debian's nginx in front of the server "
+    "(apt-get install nginx; scripts/test installs it)"
+)
+
+
+class Nginx:
+    """``nginx -g 'daemon off;'`` with deploy/nginx.conf, everything else under ``workdir``."""
+
+    def __init__(self, executable: str, workdir: Path, upstreams: list[str]):
+        self.executable = executable
+        self.workdir = workdir
+        self.upstreams = upstreams
+        self.port = free_port()
+        self.conf_dir = workdir / "conf"
+        self.main_config = self.conf_dir / "nginx.conf"
+        self.error_log = workdir / "error.log"
+        self.client_body_temp = workdir / "client_body_temp"
+        self.proxy_temp = workdir / "proxy_temp"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def endpoint(self) -> str:
+        return self.url + "/files/"
+
+    def write_config(self) -> None:
+        """The generated main config includes the shipped file, not a copy of it.
+
+        Relative ``include`` paths in the shipped file resolve against the main
+        config's directory, where the two test-specific include files go (in
+        the nginx image that directory is /etc/nginx, where compose mounts them).
+        """
+        self.conf_dir.mkdir(parents=True, exist_ok=True)
+        servers = "".join(f"server {address};\n" for address in self.upstreams)
+        (self.conf_dir / "resumable-upstream.conf").write_text(servers)
+        (self.conf_dir / "resumable-listen.conf").write_text(f"listen 127.0.0.1:{self.port};\n")
+        work = self.workdir
+        # As root nginx would run its workers as "nobody", who cannot enter
+        # pytest's private temporary directory.
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        self.main_config.write_text(
+            f"{user}"
+            "worker_processes 2;\n"
+            f"pid {work / 'nginx.pid'};\n"
+            f"error_log {self.error_log} info;\n"
+            "events { worker_connections 1024; }\n"
+            "http {\n"
+            f"    access_log {work / 'access.log'};\n"
+            f"    client_body_temp_path {self.client_body_temp};\n"
+            f"    proxy_temp_path {self.proxy_temp};\n"
+            f"    fastcgi_temp_path {work / 'fastcgi_temp'};\n"
+            f"    uwsgi_temp_path {work / 'uwsgi_temp'};\n"
+            f"    scgi_temp_path {work / 'scgi_temp'};\n"
+            f"    include {SHIPPED_NGINX_CONFIG};\n"
+            "}\n"
+        )
+
+    def start(self) -> Nginx:
+        self.write_config()
+        command = [
+            self.executable,
+            "-g",
+            "daemon off;",
+            "-c",
+            str(self.main_config),
+            "-p",
+            str(self.workdir) + "/",
+            "-e",
+            str(self.error_log),
+        ]
+        output = open(self.workdir / "nginx.out", "ab")
+        self.process = subprocess.Popen(
+            command, stdout=output, stderr=output, start_new_session=True
+        )
+        output.close()
+        if not wait_until(self.ready, 10, 0.05):
+            self.stop()
+            raise RuntimeError(f"nginx did not start:\n{self.log()}")
+        return self
+
+    def ready(self) -> bool:
+        if self.process and self.process.poll() is not None:
+            return False
+        try:
+            return requests.options(self.endpoint, headers=TUS, timeout=1).status_code == 204
+        except requests.RequestException:
+            return False
+
+    def log(self) -> str:
+        texts = []
+        for name in ("nginx.out", "error.log"):
+            with contextlib.suppress(OSError):
+                texts.append((self.workdir / name).read_text(errors="replace"))
+        return "\n".join(texts)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+
+
+class Proxied:
+    """Replicas of the server behind nginx with the shipped config: one deployment, one URL.
+
+    It answers what tests ask of a single ``Server`` (its URL, its settings,
+    what the store holds, the log), so a test written for one server runs
+    unchanged against a load-balanced deployment. Storage questions go to the
+    first replica: replicas share their store (a bucket, or one data dir).
+    """
+
+    def __init__(self, replicas: list[Server], workdir: Path):
+        self.replicas = replicas
+        self.workdir = workdir
+        executable = nginx_executable()
+        if executable is None:
+            raise RuntimeError(NGINX_MISSING)
+        upstreams = [self.address(replica) for replica in replicas]
+        self.nginx = Nginx(executable, workdir / "nginx", upstreams)
+
+    def start(self) -> Proxied:
+        for replica in self.replicas:
+            replica.start()
+        self.nginx.workdir.mkdir(parents=True)
+        self.nginx.start()
+        return self
+
+    def address(self, replica: Server) -> str:
+        """How nginx names a replica in ``$upstream_addr`` (and ``X-Upstream``)."""
+        return f"127.0.0.1:{replica.port}"
+
+    @property
+    def addresses(self) -> set[str]:
+        return {self.address(replica) for replica in self.replicas}
+
+    @property
+    def port(self) -> int:
+        return self.nginx.port
+
+    @property
+    def url(self) -> str:
+        return self.nginx.url
+
+    @property
+    def endpoint(self) -> str:
+        return self.nginx.endpoint
+
+    @property
+    def first(self) -> Server:
+        return self.replicas[0]
+
+    @property
+    def settings(self) -> dict[str, object]:
+        return self.first.settings
+
+    @property
+    def data_dir(self) -> Path:
+        return self.first.data_dir
+
+    @property
+    def redis_url(self) -> str | None:
+        return self.first.redis_url
+
+    @property
+    def redis_prefix(self) -> str:
+        return self.first.redis_prefix
+
+    def command(self) -> list[str]:
+        return self.first.command()
+
+    def upload_ids(self) -> list[str]:
+        return self.first.upload_ids()
+
+    def stored_names(self, upload_id: str = "") -> list[str]:
+        return self.first.stored_names(upload_id)
+
+    def stored_bytes(self, upload_id: str) -> int | None:
+        return self.first.stored_bytes(upload_id)
+
+    def stored_content(self, upload_id: str) -> bytes | None:
+        return self.first.stored_content(upload_id)
+
+    def worker_pids(self) -> list[int]:
+        return [pid for replica in self.replicas for pid in replica.worker_pids()]
+
+    def log(self) -> str:
+        return "\n".join([*(replica.log() for replica in self.replicas), self.nginx.log()])
+
+    def terminate(self) -> None:
+        for replica in self.replicas:
+            replica.terminate()
+
+    def stop(self) -> None:
+        self.nginx.stop()
+        for replica in self.replicas:
+            replica.stop()
 
 
 def _is_collector(pid: int) -> bool:

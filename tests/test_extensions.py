@@ -40,7 +40,7 @@ from .support import OFFSET_STREAM, Server, TusClient, iter_chunks, pattern_byte
 
 #: The registries and stores the extension tests run on: uploads kept in S3 too. (The
 #: registry contract and the protocol tests prove a Redis Cluster's hash slots.)
-BACKENDS = ("embedded", "redis", "redis-s3")
+BACKENDS = ("embedded", "redis", "redis-s3", "proxied-redis-s3")
 
 MiB = 1024 * 1024
 MAX_SIZE = 1000
@@ -223,9 +223,7 @@ def run_gc(server: Server) -> str:
     """``resumable gc`` once, against the server's data dir and registry."""
     command = [sys.executable, "-m", "resumable", "gc", "--data-dir", str(server.data_dir)]
     if server.redis_url:
-        serve = server.command()
-        prefix = serve[serve.index("--redis-prefix") + 1]
-        command += ["--redis-url", server.redis_url, "--redis-prefix", prefix]
+        command += ["--redis-url", server.redis_url, "--redis-prefix", server.redis_prefix]
     for name in ("s3_bucket", "s3_endpoint", "s3_prefix"):
         if name in server.settings:
             command += ["--" + name.replace("_", "-"), str(server.settings[name])]

@@ -8,7 +8,9 @@ two ``resumable serve`` instances (two gthread workers each, --trust-proxy)
 sharing one redis-server and one data directory, as the compose replicas do.
 
 nginx adds ``X-Upstream`` (the replica that answered) to every answer; the
-tests use it to show that one upload's requests land on both replicas.
+tests use it to show that one upload's requests land on both replicas. The
+last tests run the other deployment many hosts use: replicas with their own
+small data dirs, sharing only Redis and an S3 bucket (moto).
 """
 
 from __future__ import annotations
@@ -16,16 +18,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import itertools
 import os
 import re
-import shutil
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -34,18 +34,18 @@ import requests
 from resumable.filestore import read_sidecar_file
 
 from .support import (
-    TUS,
+    NGINX_MISSING,
+    Proxied,
     RedisServer,
     Server,
     TusClient,
-    free_port,
     iter_chunks,
+    nginx_executable,
     pattern_bytes,
+    s3_client,
     wait_until,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_CONFIG = ROOT / "deploy" / "nginx.conf"
 MiB = 1 << 20
 ORIGIN = "https://app.example"
 RETRIED = (423, 502, 503, 504)  # what tus-js-client retries after a HEAD (with 409)
@@ -63,199 +63,48 @@ REPLICA_SETTINGS: dict[str, object] = {
 }
 
 
-def nginx_executable() -> str | None:
-    found = shutil.which("nginx")
-    if found:
-        return found
-    return "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
-
-
-NGINX_MISSING = (
-    "nginx is not installed: the proxy tests run Debian's nginx in front of the server "
-    "(apt-get install nginx; scripts/test installs it)"
-)
-
-
-# --------------------------------------------------------------------------
-# nginx with the shipped config
-# --------------------------------------------------------------------------
-
-
-class Nginx:
-    """``nginx -g 'daemon off;'`` with deploy/nginx.conf, everything else under ``workdir``."""
-
-    def __init__(self, executable: str, workdir: Path, upstreams: list[str]):
-        self.executable = executable
-        self.workdir = workdir
-        self.upstreams = upstreams
-        self.port = free_port()
-        self.conf_dir = workdir / "conf"
-        self.main_config = self.conf_dir / "nginx.conf"
-        self.error_log = workdir / "error.log"
-        self.client_body_temp = workdir / "client_body_temp"
-        self.proxy_temp = workdir / "proxy_temp"
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def endpoint(self) -> str:
-        return self.url + "/files/"
-
-    def write_config(self) -> None:
-        """The generated main config includes the shipped file, not a copy of it.
-
-        Relative ``include`` paths in the shipped file resolve against the main
-        config's directory, where the two test-specific include files go (in
-        the nginx image that directory is /etc/nginx, where compose mounts them).
-        """
-        self.conf_dir.mkdir(parents=True, exist_ok=True)
-        servers = "".join(f"server {address};\n" for address in self.upstreams)
-        (self.conf_dir / "resumable-upstream.conf").write_text(servers)
-        (self.conf_dir / "resumable-listen.conf").write_text(f"listen 127.0.0.1:{self.port};\n")
-        work = self.workdir
-        # As root nginx would run its workers as "nobody", who cannot enter
-        # pytest's private temporary directory.
-        user = "user root;\n" if os.geteuid() == 0 else ""
-        self.main_config.write_text(
-            f"{user}"
-            "worker_processes 2;\n"
-            f"pid {work / 'nginx.pid'};\n"
-            f"error_log {self.error_log} info;\n"
-            "events { worker_connections 1024; }\n"
-            "http {\n"
-            f"    access_log {work / 'access.log'};\n"
-            f"    client_body_temp_path {self.client_body_temp};\n"
-            f"    proxy_temp_path {self.proxy_temp};\n"
-            f"    fastcgi_temp_path {work / 'fastcgi_temp'};\n"
-            f"    uwsgi_temp_path {work / 'uwsgi_temp'};\n"
-            f"    scgi_temp_path {work / 'scgi_temp'};\n"
-            f"    include {SHIPPED_CONFIG};\n"
-            "}\n"
-        )
-
-    def start(self) -> Nginx:
-        self.write_config()
-        command = [
-            self.executable,
-            "-g",
-            "daemon off;",
-            "-c",
-            str(self.main_config),
-            "-p",
-            str(self.workdir) + "/",
-            "-e",
-            str(self.error_log),
-        ]
-        output = open(self.workdir / "nginx.out", "ab")
-        self.process = subprocess.Popen(
-            command, stdout=output, stderr=output, start_new_session=True
-        )
-        output.close()
-        if not wait_until(self.ready, 10, 0.05):
-            self.stop()
-            raise RuntimeError(f"nginx did not start:\n{self.log()}")
-        return self
-
-    def ready(self) -> bool:
-        if self.process and self.process.poll() is not None:
-            return False
-        try:
-            return requests.options(self.endpoint, headers=TUS, timeout=1).status_code == 204
-        except requests.RequestException:
-            return False
-
-    def log(self) -> str:
-        texts = []
-        for name in ("nginx.out", "error.log"):
-            with contextlib.suppress(OSError):
-                texts.append((self.workdir / name).read_text(errors="replace"))
-        return "\n".join(texts)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-
-
-@dataclass
-class Cluster:
-    nginx: Nginx
-    replicas: list[Server]
-    data_dir: Path
-
-    @property
-    def endpoint(self) -> str:
-        return self.nginx.endpoint
-
-    def address(self, replica: Server) -> str:
-        """How nginx names a replica in ``$upstream_addr``."""
-        return f"127.0.0.1:{replica.port}"
-
-    @property
-    def addresses(self) -> set[str]:
-        return {self.address(replica) for replica in self.replicas}
-
-    def data_file(self, url: str) -> Path:
-        return self.data_dir / "uploads" / upload_id(url)
-
-
 def upload_id(url: str) -> str:
     match = UPLOAD_URL.fullmatch(url)
     assert match, f"not an upload URL: {url!r}"
     return match.group("id")
 
 
-@pytest.fixture(scope="module")
-def nginx_path() -> str:
-    executable = nginx_executable()
-    if executable is None:
-        pytest.fail(NGINX_MISSING, pytrace=False)
-    return executable
+def data_file(cluster: Proxied, url: str) -> Path:
+    """The upload's file in the data directory the replicas share."""
+    return cluster.data_dir / "uploads" / upload_id(url)
 
 
 @pytest.fixture(scope="module")
 def make_cluster(
-    nginx_path: str, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[[], Cluster]]:
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[], Proxied]]:
     """Factory: nginx in front of two replicas that share Redis and one data directory."""
-    started: list[Server | Nginx] = []
+    started: list[Proxied] = []
 
-    def make() -> Cluster:
+    def make() -> Proxied:
         workdir = tmp_path_factory.mktemp("proxy")
         data_dir = workdir / "data"
         # The same prefix for both (Server's own default is one per port):
         # the replicas of one deployment share their Redis keys.
         settings = {**REPLICA_SETTINGS, "redis_prefix": f"proxy-{workdir.name}:"}
-        replicas = []
-        for _ in range(2):
-            replica = Server(data_dir, redis_url=redis_server.url, workers=2, **settings)
-            started.append(replica.start())
-            replicas.append(replica)
-        upstreams = [f"127.0.0.1:{replica.port}" for replica in replicas]
-        nginx = Nginx(nginx_path, workdir / "nginx", upstreams)
-        nginx.workdir.mkdir()
-        started.append(nginx.start())
-        return Cluster(nginx, replicas, data_dir)
+        replicas = [
+            Server(data_dir, redis_url=redis_server.url, workers=2, **settings) for _ in range(2)
+        ]
+        started.append(Proxied(replicas, workdir).start())
+        return started[-1]
 
     yield make
-    for process in reversed(started):
-        process.stop()
+    for deployment in reversed(started):
+        deployment.stop()
 
 
 @pytest.fixture(scope="module")
-def cluster(make_cluster: Callable[[], Cluster]) -> Cluster:
+def cluster(make_cluster: Callable[[], Proxied]) -> Proxied:
     return make_cluster()
 
 
 @pytest.fixture
-def tus(cluster: Cluster) -> TusClient:
+def tus(cluster: Proxied) -> TusClient:
     return TusClient(cluster.endpoint)
 
 
@@ -279,7 +128,7 @@ def test_nginx_is_installed() -> None:
     assert nginx_executable() is not None, NGINX_MISSING
 
 
-def test_patches_of_one_upload_land_on_both_replicas(cluster: Cluster, tus: TusClient) -> None:
+def test_patches_of_one_upload_land_on_both_replicas(cluster: Proxied, tus: TusClient) -> None:
     data = pattern_bytes(6 * MiB, seed=1)
     url = tus.new_upload(len(data))
     offset = 0
@@ -297,10 +146,10 @@ def test_patches_of_one_upload_land_on_both_replicas(cluster: Cluster, tus: TusC
     download = tus.get(url)
     assert download.status_code == 200
     assert download.content == data
-    assert cluster.data_file(url).read_bytes() == data
+    assert data_file(cluster, url).read_bytes() == data
 
 
-def holder_of(cluster: Cluster, path: Path) -> Server | None:
+def holder_of(cluster: Proxied, path: Path) -> Server | None:
     """The replica one of whose workers has ``path`` open (the one writing it)."""
     target = str(path)
     for replica in cluster.replicas:
@@ -358,13 +207,13 @@ def resume(client: TusClient, url: str, data: bytes, delays: list[float]) -> lis
 
 
 def test_replica_killed_mid_patch_and_the_client_resumes_through_the_proxy(
-    make_cluster: Callable[[], Cluster],
+    make_cluster: Callable[[], Proxied],
 ) -> None:
     cluster = make_cluster()  # its own: one replica will be dead afterwards
     tus = TusClient(cluster.endpoint)
     data = pattern_bytes(24 * MiB, seed=2)
     url = tus.new_upload(len(data))
-    path = cluster.data_file(url)
+    path = data_file(cluster, url)
     sent_before_kill = 6 * MiB
     killed = threading.Event()
     outcome: dict[str, object] = {}
@@ -429,7 +278,7 @@ def test_replica_killed_mid_patch_and_the_client_resumes_through_the_proxy(
     assert path.read_bytes() == data
 
 
-def test_location_is_the_proxy_url_and_follows_the_host(cluster: Cluster, tus: TusClient) -> None:
+def test_location_is_the_proxy_url_and_follows_the_host(cluster: Proxied, tus: TusClient) -> None:
     created = tus.create(10)
     assert created.status_code == 201, created.text
     location = only(created, "Location")
@@ -446,7 +295,7 @@ def test_location_is_the_proxy_url_and_follows_the_host(cluster: Cluster, tus: T
 
 
 def test_forged_forwarding_headers_do_not_reach_the_server(
-    cluster: Cluster, tus: TusClient
+    cluster: Proxied, tus: TusClient
 ) -> None:
     forged = {
         "Forwarded": "for=203.0.113.9;host=evil.example;proto=https",
@@ -461,7 +310,7 @@ def test_forged_forwarding_headers_do_not_reach_the_server(
     assert UPLOAD_URL.fullmatch(only(created, "Location")).group("base") == cluster.endpoint
 
 
-def test_cors_through_the_proxy(cluster: Cluster, tus: TusClient) -> None:
+def test_cors_through_the_proxy(cluster: Proxied, tus: TusClient) -> None:
     preflight = tus.session.options(
         cluster.endpoint,
         headers={
@@ -494,7 +343,7 @@ def test_cors_through_the_proxy(cluster: Cluster, tus: TusClient) -> None:
     assert "Access-Control-Allow-Origin" not in stranger.headers
 
 
-def test_64_mib_patch_streams_through_without_spooling(cluster: Cluster, tus: TusClient) -> None:
+def test_64_mib_patch_streams_through_without_spooling(cluster: Proxied, tus: TusClient) -> None:
     nginx = cluster.nginx
     assert nginx.client_body_temp.is_dir()  # nginx made it: the temp path is in use
     data = pattern_bytes(64 * MiB, seed=3)
@@ -564,7 +413,7 @@ def test_large_upload_concat_passes_both_ways(tus: TusClient) -> None:
 
 
 def test_checksum_trailer_is_not_offered_through_the_proxy(
-    cluster: Cluster, tus: TusClient
+    cluster: Proxied, tus: TusClient
 ) -> None:
     """nginx does not forward request trailers, so behind a trusted proxy the
     server does not offer checksum-trailer; a client that sends one anyway is
@@ -593,3 +442,71 @@ def test_checksum_trailer_is_not_offered_through_the_proxy(
     assert (status, b"never arrived" in reply or b"needs a chunked body" in reply) in (
         (b"400", True), (b"460", True)), reply[:500]
     assert tus.offset(url) == 0
+
+
+# --------------------------------------------------------------------------
+# Two hosts with no shared disk: Redis and an S3 bucket
+# --------------------------------------------------------------------------
+
+
+def disk_use(directory: Path) -> int:
+    """Bytes the files under ``directory`` take: their size or their blocks, the larger."""
+    total = 0
+    for path in temp_files(directory):
+        with contextlib.suppress(OSError):
+            stat = path.stat()
+            total += max(stat.st_size, stat.st_blocks * 512)
+    return total
+
+
+def test_256_mib_alternating_hosts_on_s3_with_small_data_dirs(start_server) -> None:
+    """Each PATCH lands on the other replica; neither keeps more than its spool."""
+    deployment = start_server("proxied-redis-s3", **REPLICA_SETTINGS)
+    assert isinstance(deployment, Proxied)
+    tus = TusClient(deployment.endpoint)
+    size, patch_size = 256 * MiB, 32 * MiB
+    data = pattern_bytes(size, seed=6)
+    url = tus.new_upload(size)
+    peaks = {replica.port: 0 for replica in deployment.replicas}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            for replica in deployment.replicas:
+                peaks[replica.port] = max(peaks[replica.port], disk_use(replica.data_dir))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    answered_by = []
+    try:
+        for offset in range(0, size, patch_size):
+            response = tus.patch(url, offset, data[offset : offset + patch_size])
+            assert response.status_code == 204, (response.status_code, response.text)
+            assert int(response.headers["Upload-Offset"]) == offset + patch_size
+            answered_by.append(only(response, "X-Upstream"))
+    finally:
+        done.set()
+        sampler.join()
+    print(f"256 MiB over {len(answered_by)} PATCHes, answered by {answered_by}; "
+          f"peak data dir per replica: { {port: peak // MiB for port, peak in peaks.items()} } MiB")
+    assert set(answered_by) == deployment.addresses, answered_by
+    assert all(a != b for a, b in itertools.pairwise(answered_by)), answered_by
+    assert max(peaks.values()) < 64 * MiB, peaks
+
+    expected = hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256()
+    with tus.get(url, stream=True) as download:
+        assert download.status_code == 200
+        for piece in download.iter_content(MiB):
+            digest.update(piece)
+    assert digest.hexdigest() == expected
+    settings = deployment.settings
+    stored = s3_client(str(settings["s3_endpoint"])).get_object(
+        Bucket=settings["s3_bucket"], Key=f"{settings['s3_prefix']}{upload_id(url)}"
+    )
+    digest = hashlib.sha256()
+    for piece in stored["Body"].iter_chunks(MiB):
+        digest.update(piece)
+    assert digest.hexdigest() == expected
+    assert deployment.stored_names(upload_id(url)) == [upload_id(url), upload_id(url) + ".info"]

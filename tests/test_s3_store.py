@@ -4,7 +4,10 @@ The protocol and extension tables run on S3 too (tests/test_protocol.py,
 tests/test_extensions.py, backend ``redis-s3``); here: the finished object
 in the bucket, parts and tail pieces continued by another host, joins copied
 inside S3, a bounded spool, the endpoint going away mid-upload, Redis
-flushed, gc of what no record names, and a bucket that is not there.
+flushed, gc of what no record names, and a bucket that is not there; and,
+through a proxy that injects faults into S3's answers, a slow S3 (the lock
+is kept), throttling and 5xx (retried, then 503), S3 gone mid-PATCH, and a
+client that drops mid-body.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from resumable.s3store import S3Store
 from .support import (
     OFFSET_STREAM,
     TUS,
+    FaultyS3,
     MotoS3,
     RedisServer,
     Server,
@@ -36,6 +40,7 @@ from .support import (
     iter_chunks,
     pattern_bytes,
     s3_client,
+    wait_until,
 )
 
 MiB = 1024 * 1024
@@ -279,3 +284,136 @@ def test_a_checksummed_trailer_is_verified_from_the_spool(hosts: list[Server]) -
     assert tus.get(good).content == data
     assert spool_bytes(hosts[0]) == 0
     assert TUS  # the header set the raw requests above spell out
+
+
+# --------------------------------------------------------------------------
+# S3 slow, throttling, failing and gone mid-PATCH; clients that drop
+# --------------------------------------------------------------------------
+
+#: Short lock times, so a store that outlasts them would lose the upload's lock.
+FAULT_SETTINGS: dict[str, object] = {"lock_ttl": 2.0, "lock_wait": 1.0, "heartbeat": 0.5}
+#: CompleteMultipartUpload (POST ?uploadId=…) and UploadPart (PUT ?partNumber=…&uploadId=…).
+COMPLETE = ("POST", "uploadId")
+UPLOAD_PART = ("PUT", "partNumber&uploadId")
+
+
+@pytest.fixture(scope="module")
+def faulty(s3: MotoS3) -> Iterator[FaultyS3]:
+    proxy = FaultyS3(s3.endpoint).start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def faulty_server(
+    tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer, s3: MotoS3,
+    faulty: FaultyS3,
+) -> Iterator[Server]:
+    """One server that reaches the bucket through the faulty proxy."""
+    settings = {**s3.settings(), "s3_endpoint": faulty.endpoint, **FAULT_SETTINGS}
+    server = Server(tmp_path_factory.mktemp("faulty") / "data", redis_url=redis_server.url,
+                    workers=2, **settings)
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture
+def proxy(faulty: FaultyS3) -> Iterator[FaultyS3]:
+    faulty.clear()
+    yield faulty
+    faulty.clear()
+
+
+def assert_stored(server: Server, url: str, data: bytes) -> None:
+    """Byte-exact by GET and as the object in the bucket; no traceback in the log."""
+    assert TusClient(server.endpoint).get(url).content == data
+    assert server.stored_content(url.rsplit("/", 1)[1]) == data
+    assert "Traceback" not in server.log()
+
+
+def test_a_slow_s3_does_not_cost_the_lock(faulty_server: Server, proxy: FaultyS3) -> None:
+    """Parts and the completion each take longer than a lock outlives its last
+    renewal (2 s): the writer renews while it waits, so the PATCH still ends 204."""
+    proxy.slow(*UPLOAD_PART, 2.5)
+    proxy.slow(*COMPLETE, 5.0)
+    data = pattern_bytes(12 * MiB + 1, seed=16)
+    tus = TusClient(faulty_server.endpoint)
+    url = tus.new_upload(len(data))
+    started = time.monotonic()
+    response = tus.patch(url, 0, data)
+    took = time.monotonic() - started
+    assert response.status_code == 204, (response.status_code, response.text)
+    assert took > 7.5, took  # the delays really happened
+    proxy.clear()
+    assert_stored(faulty_server, url, data)
+
+
+def test_throttling_is_retried_then_refused_and_nothing_acknowledged_is_lost(
+    faulty_server: Server, proxy: FaultyS3
+) -> None:
+    """503 SlowDown for two UploadParts: boto3 retries and the PATCH succeeds.
+    For more answers than it retries: the PATCH answers 503 with Retry-After,
+    the offset stays at what was acknowledged, and the client resumes."""
+    data = pattern_bytes(20 * MiB, seed=17)
+    tus = TusClient(faulty_server.endpoint)
+    url = tus.new_upload(len(data))
+    proxy.throttle(*UPLOAD_PART, 2)
+    assert tus.patch(url, 0, data[: 8 * MiB]).status_code == 204
+    assert not proxy.throttled[0][2]  # both throttled answers were given
+    proxy.throttle(*UPLOAD_PART, 1000)
+    refused = tus.patch(url, 8 * MiB, data[8 * MiB : 18 * MiB])
+    assert refused.status_code == 503, (refused.status_code, refused.text)
+    assert refused.headers.get("Retry-After")
+    proxy.clear()
+    offset = tus.offset(url)
+    assert offset == 8 * MiB, offset
+    assert tus.patch(url, offset, data[offset:]).status_code == 204
+    assert_stored(faulty_server, url, data)
+
+
+def test_s3_gone_mid_patch_answers_503_then_the_client_resumes(
+    faulty_server: Server, proxy: FaultyS3
+) -> None:
+    """S3 goes away while a PATCH streams (after one of its parts was sent): the
+    PATCH answers 503, the acknowledged bytes stay, the upload resumes when it is back."""
+    data = pattern_bytes(24 * MiB, seed=18)
+    tus = TusClient(faulty_server.endpoint)
+    url = tus.new_upload(len(data))
+    assert tus.patch(url, 0, data[: 3 * MiB]).status_code == 204
+
+    def body() -> Iterator[bytes]:
+        yield from iter_chunks(data[3 * MiB : 14 * MiB], MiB)  # a part and more
+        time.sleep(0.5)
+        proxy.down = True
+        yield from iter_chunks(data[14 * MiB :], MiB)
+
+    refused = tus.patch(url, 3 * MiB, SizedBody(body(), len(data) - 3 * MiB))
+    assert refused.status_code == 503, (refused.status_code, refused.text)
+    proxy.clear()
+    offset = tus.offset(url)
+    assert 3 * MiB <= offset < len(data), offset
+    assert tus.patch(url, offset, data[offset:]).status_code == 204
+    assert_stored(faulty_server, url, data)
+
+
+def test_a_client_that_drops_mid_body_keeps_what_arrived(faulty_server: Server) -> None:
+    """The connection closes after 7 MiB of a declared 12 MiB: a part and a tail
+    piece keep those bytes, and the client continues from the offset HEAD gives."""
+    import socket
+
+    data = pattern_bytes(12 * MiB, seed=19)
+    tus = TusClient(faulty_server.endpoint)
+    url = tus.new_upload(len(data))
+    head = (
+        f"PATCH /{url.split('/', 3)[3]} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+        f"Upload-Offset: 0\r\nContent-Type: {OFFSET_STREAM}\r\n"
+        f"Content-Length: {len(data)}\r\n\r\n"
+    ).encode()
+    sent = 7 * MiB
+    with socket.create_connection(("127.0.0.1", faulty_server.port), timeout=30) as sock:
+        sock.sendall(head)
+        sock.sendall(data[:sent])
+        time.sleep(0.5)
+    assert wait_until(lambda: tus.offset(url) == sent, 15), tus.offset(url)
+    assert tus.patch(url, sent, data[sent:]).status_code == 204
+    assert_stored(faulty_server, url, data)

@@ -199,7 +199,7 @@ def test_finished_finals_expire_when_configured(start_server, backend: str) -> N
     gc_command = [sys.executable, "-m", "resumable", "gc", "--data-dir", str(server.data_dir)]
     gc_command += ["--finished-expiry", "1"]
     if server.redis_url:
-        gc_command += ["--redis-url", server.redis_url, "--redis-prefix", f"test{server.port}:"]
+        gc_command += ["--redis-url", server.redis_url, "--redis-prefix", server.redis_prefix]
     collected = subprocess.run(gc_command, env=env, capture_output=True, text=True, timeout=60)
     assert collected.returncode == 0, collected.stderr
     print(f"finished-expiry [{backend}]: {collected.stdout.strip()}")
