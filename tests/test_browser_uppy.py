@@ -20,6 +20,10 @@ import pytest
 from .browser_support import BROWSER_DIR, BrowserKit, browser_kit, run_driver, static_server
 from .support import TusClient
 
+#: Both registries on local disk, uploads kept in S3 (moto) on one instance, and two
+#: replicas behind nginx with their own data dirs sharing Redis and the bucket.
+BACKENDS = ("embedded", "redis", "redis-s3", "proxied-redis-s3")
+
 MiB = 1024 * 1024
 SIZE = 8 * MiB
 CHUNK = 3 * MiB

@@ -25,6 +25,10 @@ import pytest
 
 from .support import Server, TusClient, assert_finished, decode_metadata, pattern_bytes
 
+#: Both registries on local disk, uploads kept in S3 (moto) on one instance, and two
+#: replicas behind nginx with their own data dirs sharing Redis and the bucket.
+BACKENDS = ("embedded", "redis", "redis-s3", "proxied-redis-s3")
+
 JS_DIR = Path(__file__).parent / "js"
 SCRIPT = JS_DIR / "tusjs_upload.mjs"
 NPM_CI = ["npm", "ci", "--no-audit", "--no-fund"]

@@ -18,6 +18,10 @@ from tusclient.uploader import Uploader
 
 from .support import Server, TusClient, assert_finished, decode_metadata, pattern_bytes
 
+#: Both registries on local disk, uploads kept in S3 (moto) on one instance, and two
+#: replicas behind nginx with their own data dirs sharing Redis and the bucket.
+BACKENDS = ("embedded", "redis", "redis-s3", "proxied-redis-s3")
+
 MiB = 1024 * 1024
 CHUNK = 5 * MiB
 FILENAME = "résumé 東京.bin"
