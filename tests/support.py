@@ -153,19 +153,19 @@ class RedisCluster:
 
 
 class RedisSentinel:
-    """A master, a replica and one sentinel watching them as ``MASTER``.
+    """A master, its replicas (one unless asked) and one sentinel watching them as ``MASTER``.
 
-    ``failover()`` makes the sentinel promote the replica and waits until it
+    ``failover()`` makes the sentinel promote a replica and waits until it
     names the new master, as a master's crash would (without waiting for the
     crash to be noticed).
     """
 
     MASTER = "uploads"
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, replicas: int = 1):
         self.workdir = workdir
         self.master = RedisServer(workdir / "master")
-        self.replica = RedisServer(workdir / "replica")
+        self.replicas = [RedisServer(workdir / f"replica-{n}") for n in range(replicas)]
         self.sentinel: RedisServer | None = None
 
     @property
@@ -175,12 +175,13 @@ class RedisSentinel:
 
     def start(self) -> RedisSentinel:
         self.master.start()
-        self.replica.extra = ["--replicaof", "127.0.0.1", str(self.master.port)]
-        self.replica.start()
-        if not wait_until(
-            lambda: b"master_link_status:up" in self.replica.ask(b"INFO replication"), 30
-        ):
-            raise RuntimeError("the replica did not connect to its master")
+        for replica in self.replicas:
+            replica.extra = ["--replicaof", "127.0.0.1", str(self.master.port)]
+            replica.start()
+            if not wait_until(
+                lambda r=replica: b"master_link_status:up" in r.ask(b"INFO replication"), 30
+            ):
+                raise RuntimeError("a replica did not connect to its master")
         self.sentinel = RedisServer(
             self.workdir / "sentinel",
             [
@@ -194,7 +195,7 @@ class RedisSentinel:
             raise RuntimeError("the sentinel does not see the master")
         if not wait_until(lambda: b"num-slaves" in self._master_state()
                           and self._replicas_known(), 30):
-            raise RuntimeError("the sentinel does not see the replica")
+            raise RuntimeError("the sentinel does not see the replicas")
         return self
 
     def _master_state(self) -> bytes:
@@ -204,7 +205,7 @@ class RedisSentinel:
     def _replicas_known(self) -> bool:
         assert self.sentinel is not None
         answer = self.sentinel.ask(f"SENTINEL REPLICAS {self.MASTER}".encode())
-        return str(self.replica.port).encode() in answer
+        return all(str(replica.port).encode() in answer for replica in self.replicas)
 
     def master_port(self) -> int | None:
         assert self.sentinel is not None
@@ -228,12 +229,13 @@ class RedisSentinel:
             raise RuntimeError(f"SENTINEL FAILOVER answered {answers[-1]!r}")
         if not wait_until(lambda: self.master_port() not in (None, old), timeout):
             raise RuntimeError("the sentinel did not promote the replica")
-        promoted = self.replica if self.master_port() == self.replica.port else self.master
+        promoted = next(server for server in [self.master, *self.replicas]
+                        if server.port == self.master_port())
         if not wait_until(lambda: b"role:master" in promoted.ask(b"INFO replication"), timeout):
             raise RuntimeError("the promoted replica did not become a master")
 
     def stop(self) -> None:
-        for server in (self.sentinel, self.replica, self.master):
+        for server in (self.sentinel, *self.replicas, self.master):
             if server is not None:
                 server.stop()
 

@@ -1,4 +1,5 @@
-"""Redis beyond one server: the URL forms, a Cluster that comes late, a Sentinel failover.
+"""Redis beyond one server: the URL forms, a Cluster that comes late, a Sentinel
+failover, a Redis that comes back with less than it acknowledged.
 
 The registry contract (tests/test_unit_registry.py, also on Sentinel), the
 protocol table (tests/test_protocol.py) and the killed-worker faults
@@ -15,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 
 from resumable.filestore import FileStore
@@ -25,7 +27,16 @@ from resumable.registry import RegistryUnavailable
 from resumable.registry.redis import RedisRegistry, connect
 
 from .faults.process_tools import Blob, Resumer, Tally, random_buffer
-from .support import TUS, RedisCluster, RedisSentinel, RedisServer, Server, wait_until
+from .support import (
+    TUS,
+    RedisCluster,
+    RedisSentinel,
+    RedisServer,
+    Server,
+    TusClient,
+    pattern_bytes,
+    wait_until,
+)
 
 MiB = 1024 * 1024
 
@@ -149,7 +160,7 @@ def test_uploads_running_across_a_sentinel_failover_finish_byte_exact(tmp_path: 
     writes once demoted); clients resume as tus clients do. Every upload must
     finish byte-exact, no acknowledged offset may go back, nothing else 5xx.
     """
-    sentinel = RedisSentinel(tmp_path / "sentinel").start()
+    sentinel = RedisSentinel(tmp_path / "sentinel", replicas=2).start()
     server = Server(tmp_path / "data", redis_url=sentinel.url, workers=2, lock_ttl=4).start()
     tally = Tally("sentinel failover")
     tally.allowed_5xx = frozenset({503})
@@ -184,3 +195,40 @@ def test_uploads_running_across_a_sentinel_failover_finish_byte_exact(tmp_path: 
     finally:
         server.stop()
         sentinel.stop()
+
+
+@pytest.mark.parametrize("store", ["file", "s3"])
+def test_redis_back_from_an_older_snapshot_gives_no_acknowledged_offset_back(
+    tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
+    """Redis restarts from a snapshot older than the last commit (as a failover to
+    a replica that missed it looks): the record says 4 MiB where 9 MiB were
+    acknowledged. The first read on the new server checks the store's durable
+    record and moves the offset up; the upload finishes byte-exact."""
+    redis_server = RedisServer(tmp_path / "redis").start()
+    settings = request.getfixturevalue("s3").settings() if store == "s3" else {}
+    server = Server(tmp_path / "data", redis_url=redis_server.url, workers=2, **settings)
+    server.start()
+    try:
+        tus = TusClient(server.endpoint)
+        data = pattern_bytes(12 * MiB, seed=21)
+        url = tus.new_upload(len(data))
+        upload_id = url.rsplit("/", 1)[1]
+        assert tus.patch(url, 0, data[: 4 * MiB]).status_code == 204
+        assert redis_server.ask(b"SAVE").startswith(b"+OK")
+        assert tus.patch(url, 4 * MiB, data[4 * MiB : 9 * MiB]).status_code == 204
+        redis_server.stop()  # SIGKILL: the snapshot is what comes back
+        redis_server.start()
+        key = f"{server.redis_prefix}upload:{{{upload_id}}}"
+        raw = redis.Redis.from_url(redis_server.url)
+        assert int(raw.hget(key, "offset")) == 4 * MiB  # Redis really went back
+
+        assert wait_until(lambda: tus.head(url).status_code == 200, 10)
+        assert tus.offset(url) == 9 * MiB
+        assert raw.hget(key, "server") == raw.info("server")["run_id"].encode()
+        assert tus.patch(url, 9 * MiB, data[9 * MiB :]).status_code == 204
+        assert tus.get(url).content == data
+        assert "Traceback" not in server.log()
+    finally:
+        server.stop()
+        redis_server.stop()

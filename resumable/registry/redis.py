@@ -5,7 +5,8 @@ a hash tag, so every key of one upload lives in one Redis Cluster slot and
 each script below touches one slot only):
 
 * ``upload:{<id>}`` – hash: ``offset``, ``length`` ('' while deferred),
-  ``expires``, ``finished`` and ``meta`` (JSON of the fields that never change);
+  ``expires``, ``finished``, ``meta`` (JSON of the fields that never change)
+  and ``server``, the run id of the Redis server that wrote it last;
 * ``lock:{<id>}`` – the holder's random token, with a TTL the holder renews;
 * ``release:{<id>}`` – the mailbox: ``hard:<token>``, ``soft:<token>`` or
   ``ack:<token>`` (see :mod:`resumable.registry.base`);
@@ -20,10 +21,18 @@ Every step that must see the lock and act on it at once is a Lua script, so
 no other client can slip in between the check and the change. redis-py sends
 a command again when its connection broke (a failover, a restarted node), so
 a script may run twice: each is written to give the same answer the second
-time (``ACQUIRE`` knows its own token). The store's durable copy of the
-record (the file store's sidecar) is written after each successful commit;
-if Redis loses its data the record is rebuilt from it (docs/architecture.md,
-invariant 8).
+time (``ACQUIRE`` knows its own token).
+
+The store's durable copy of the record (the file store's sidecar, S3's
+info object) is written before each commit reaches Redis, so it holds at
+least every offset Redis may show; if Redis loses its data the record is
+rebuilt from it (docs/architecture.md, invariant 8). Redis can also lose
+only its newest writes: a restart from an older snapshot, a failover to a
+replica that had not received them (WAIT narrows this, it cannot close
+it). Each record therefore names the server that wrote it (its run id,
+read inside the script): a record read from another server than the one
+that wrote it is checked once against the durable copy and moved up to
+it, so an acknowledged offset never goes back.
 """
 
 from __future__ import annotations
@@ -105,11 +114,47 @@ end
 return 0
 """
 
-SAVE = """
+#: Lua: ``run_id()``, the id of the server running the script (new at every
+#: start, another on a promoted replica); '' where INFO is not offered (fakeredis).
+_RUN_ID_FUNCTION = """
+local function run_id()
+  local info = redis.pcall('INFO', 'server')
+  if type(info) ~= 'string' then return '' end
+  return string.match(info, 'run_id:(%x+)') or ''
+end
+"""
+
+PUBLISH = _RUN_ID_FUNCTION + """
+redis.call('HSET', KEYS[1], 'offset', ARGV[1], 'length', ARGV[2], 'expires', ARGV[3],
+           'finished', ARGV[4], 'meta', ARGV[5], 'server', run_id())
+return 1
+"""
+
+READ = _RUN_ID_FUNCTION + """
+local fields = redis.call('HGETALL', KEYS[1])
+if #fields > 0 then
+  table.insert(fields, 'reader')
+  table.insert(fields, run_id())
+end
+return fields
+"""
+
+REPAIR = _RUN_ID_FUNCTION + """
+local offset = redis.call('HGET', KEYS[1], 'offset')
+if not offset then return 0 end
+if ARGV[1] == '1' and tonumber(offset) <= tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'offset', ARGV[2], 'length', ARGV[3], 'expires', ARGV[4],
+             'finished', ARGV[5])
+end
+redis.call('HSET', KEYS[1], 'server', run_id())
+return 1
+"""
+
+SAVE = _RUN_ID_FUNCTION + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 redis.call('HSET', KEYS[2], 'offset', ARGV[2], 'length', ARGV[3], 'expires', ARGV[4],
-           'finished', ARGV[5])
+           'finished', ARGV[5], 'server', run_id())
 if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) == 'soft:' .. ARGV[1] then
   redis.call('SET', KEYS[3], 'ack:' .. ARGV[1], 'PX', ARGV[6])
 end
@@ -123,11 +168,11 @@ redis.call('DEL', KEYS[2])
 return 1
 """
 
-REBUILD = """
+REBUILD = _RUN_ID_FUNCTION + """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'offset', ARGV[1], 'length', ARGV[2], 'expires', ARGV[3],
-           'finished', ARGV[4], 'meta', ARGV[5])
+           'finished', ARGV[4], 'meta', ARGV[5], 'server', run_id())
 return 1
 """
 
@@ -432,6 +477,9 @@ class RedisRegistry(Registry):
                 ("save", SAVE),
                 ("delete", DELETE),
                 ("rebuild", REBUILD),
+                ("publish", PUBLISH),
+                ("read", READ),
+                ("repair", REPAIR),
             )
         }
 
@@ -480,13 +528,24 @@ class RedisRegistry(Registry):
     @_neutral
     def publish(self, record: UploadRecord) -> None:
         self.store.write_record(record)
-        self.redis.hset(self.key("upload", record.id), mapping=_hash_fields(record))
+        values = _hash_fields(record)
+        self.scripts["publish"](
+            [self.key("upload", record.id)],
+            [values[name] for name in ("offset", "length", "expires", "finished", "meta")],
+        )
+
+    def _read(self, upload_id: str) -> dict[bytes, bytes]:
+        """The record's hash, and under ``reader`` the run id of the server answering."""
+        answer = self.scripts["read"]([self.key("upload", upload_id)], [])
+        return dict(zip(answer[::2], answer[1::2], strict=True))
 
     @_neutral
     def get(self, upload_id: str) -> UploadRecord | None:
-        fields = self.redis.hgetall(self.key("upload", upload_id))
+        fields = self._read(upload_id)
         if fields:
-            return _from_hash(fields)
+            if fields.get(b"server") == fields[b"reader"]:
+                return _from_hash(fields)
+            return self._checked(upload_id, _from_hash(fields))
         durable = self.store.read_record(upload_id)
         if durable is None:
             return None
@@ -503,12 +562,43 @@ class RedisRegistry(Registry):
         )
         if rebuilt:
             return durable
-        fields = self.redis.hgetall(self.key("upload", upload_id))
+        fields = self._read(upload_id)
+        return _from_hash(fields) if fields else None
+
+    def _checked(self, upload_id: str, record: UploadRecord) -> UploadRecord | None:
+        """A record written by another Redis server: the durable copy says if it went back.
+
+        Once per record and server: the repair stamps it with this server.
+        An upload whose durable copy is gone was deleted (the deletion was
+        lost with the newest writes): it stays unknown.
+        """
+        durable = self.store.read_record(upload_id)
+        if durable is None:
+            return None
+        ahead = durable.offset > record.offset or (
+            durable.offset == record.offset
+            and (
+                (record.length is None and durable.length is not None)
+                or (record.finished is None and durable.finished is not None)
+            )
+        )
+        values = _hash_fields(durable)
+        self.scripts["repair"](
+            [self.key("upload", upload_id)],
+            ["1" if ahead else "0", values["offset"], values["length"], values["expires"],
+             values["finished"]],
+        )
+        fields = self._read(upload_id)
         return _from_hash(fields) if fields else None
 
     @_neutral
     def save_held(self, lease: Lease, record: UploadRecord) -> None:
+        """The durable record first, then Redis: the store then holds every offset
+        Redis may show, even one whose WAIT failed (its bytes are stored)."""
         assert isinstance(lease, RedisLease)
+        if not lease.is_valid():
+            raise LeaseLost(f"lost the lock on {record.id}")
+        self.store.write_record(record)
         saved = self.confirmed(
             "save",
             [self.key("lock", record.id), self.key("upload", record.id),
@@ -525,7 +615,6 @@ class RedisRegistry(Registry):
         if not saved:
             raise LeaseLost(f"lost the lock on {record.id}")
         lease.asked_soft = False
-        self.store.write_record(record)
 
     @_neutral
     def delete(self, lease: Lease) -> None:
