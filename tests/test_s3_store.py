@@ -417,3 +417,47 @@ def test_a_client_that_drops_mid_body_keeps_what_arrived(faulty_server: Server) 
     assert wait_until(lambda: tus.offset(url) == sent, 15), tus.offset(url)
     assert tus.patch(url, sent, data[sent:]).status_code == 204
     assert_stored(faulty_server, url, data)
+
+
+ARENA_PROBE = """
+import ctypes, ctypes.util, sys, tempfile, threading
+from resumable.worker import S3_MALLOC_ARENAS, limit_malloc_arenas
+print(limit_malloc_arenas(S3_MALLOC_ARENAS) if sys.argv[1] == "limit" else None)
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+libc.fopen.restype = ctypes.c_void_p
+
+def churn():  # ctypes lets the GIL go: sixteen threads really meet in malloc
+    for _ in range(3000):
+        libc.free(libc.malloc(1 << 16))
+
+threads = [threading.Thread(target=churn) for _ in range(16)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+path = tempfile.mktemp()
+report = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, ctypes.c_void_p(report))
+libc.fclose(ctypes.c_void_p(report))
+print(open(path).read().count("<heap nr="))
+"""
+
+
+@pytest.mark.parametrize("how", ["limit", "operator"])
+def test_a_worker_storing_to_s3_keeps_two_malloc_arenas(how: str) -> None:
+    """What keeps an S3 worker's RSS flat: glibc's arenas capped at two for the
+    threads to come (sixteen contending threads made nine here without), unless
+    the operator set MALLOC_ARENA_MAX, which then wins."""
+    env = {key: value for key, value in os.environ.items() if key != "MALLOC_ARENA_MAX"}
+    if how == "operator":
+        env["MALLOC_ARENA_MAX"] = "4"
+    result = subprocess.run([sys.executable, "-c", ARENA_PROBE, "limit"],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    capped, heaps = result.stdout.split()
+    if how == "limit":
+        assert (capped, int(heaps)) == ("True", 2)
+    else:
+        assert capped == "False" and int(heaps) <= 4, (capped, heaps)
