@@ -273,6 +273,8 @@ class S3Store(Store):
         """
         writer = self._writers.get(record.id)
         if writer is not None:
+            if writer.stored_info == (vars(record), writer.state.to_dict()):
+                return  # the writer's settle just stored this very record
             state = writer.state
         else:
             info = self._read_info(record.id)
@@ -721,6 +723,8 @@ class S3Writer(UploadWriter):
         #: kept until settled so read_back can read them.
         self.holding = False
         self.kept: list[tuple[int, int, Path]] = []
+        #: The record and state the last settle stored in the info object.
+        self.stored_info: tuple[dict[str, Any], dict[str, Any]] | None = None
 
     def _new_spool(self) -> None:
         self.path = self.store.spool_dir / f"{self.record.id}.{secrets.token_hex(8)}.part"
@@ -883,6 +887,7 @@ class S3Writer(UploadWriter):
             new = S3State(state.multipart, parts, tail, False, pieces)
         self._keep_alive()  # never name the new state for a holder that was replaced
         self.store._write_info(record, new)
+        self.stored_info = (dict(vars(record)), new.to_dict())
         self.state = new
         self.sent = []
         self._drop_kept()

@@ -485,14 +485,19 @@ class _Run:
 
     def _commit(self) -> None:
         offset = self.start + self.written
+        now = time.time()
         if self.written > self.committed:
             if not self.lease.is_valid():
                 # A store's own record (S3's) is written by settle: never by a
                 # holder that may have been replaced.
                 raise LeaseLost(self.record.id)
-            self._writer().settle(dataclasses.replace(self.record, offset=offset))
+            # The record as the registry will save it, so a store that keeps
+            # it with the bytes (S3) need not write it twice.
+            settled = dataclasses.replace(self.record, offset=offset)
+            self.expiry.stamp(settled, now)
+            self._writer().settle(settled)
         self.record.offset = offset
-        self.expiry.stamp(self.record, time.time())
+        self.expiry.stamp(self.record, now)
         self.registry.save(self.lease, self.record)
         self.committed = self.written
         if not self.staged:

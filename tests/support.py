@@ -328,7 +328,8 @@ class FaultyS3:
         self.down = False
         self.delays: list[tuple[str, str, float]] = []
         self.throttled: list[list] = []  # [method, query part, answers left]
-        self.seen: list[tuple[str, str]] = []
+        #: Every request forwarded or refused: (method, path, query).
+        self.seen: list[tuple[str, str, str]] = []
         self.lock = threading.Lock()
         self.httpd: ThreadingHTTPServer | None = None
 
@@ -345,7 +346,7 @@ class FaultyS3:
 
     def clear(self) -> None:
         with self.lock:
-            self.delays, self.throttled, self.down = [], [], False
+            self.delays, self.throttled, self.down, self.seen = [], [], False, []
 
     @staticmethod
     def _matches(method: str, query: str, rule_method: str, part: str) -> bool:
@@ -356,10 +357,10 @@ class FaultyS3:
         return (method == rule_method and all(name in names for name in plain)
                 and not any(name in names for name in excluded))
 
-    def _decide(self, method: str, query: str) -> tuple[float, bool]:
+    def _decide(self, method: str, path: str, query: str) -> tuple[float, bool]:
         """(seconds to wait, answer 503 instead of forwarding)."""
         with self.lock:
-            self.seen.append((method, query))
+            self.seen.append((method, path, query))
             delay = sum(seconds for rule_method, part, seconds in self.delays
                         if self._matches(method, query, rule_method, part))
             for rule in self.throttled:
@@ -383,8 +384,8 @@ class FaultyS3:
                 if proxy.down:
                     self.close_connection = True
                     return
-                query = urlsplit(self.path).query
-                delay, refuse = proxy._decide(self.command, query)
+                target = urlsplit(self.path)
+                delay, refuse = proxy._decide(self.command, target.path, target.query)
                 time.sleep(delay)
                 if refuse:
                     answer = (b"<?xml version=\"1.0\"?><Error><Code>SlowDown</Code>"

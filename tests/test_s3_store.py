@@ -461,3 +461,16 @@ def test_a_worker_storing_to_s3_keeps_two_malloc_arenas(how: str) -> None:
         assert (capped, int(heaps)) == ("True", 2)
     else:
         assert capped == "False" and int(heaps) <= 4, (capped, heaps)
+
+
+def test_a_commit_writes_the_info_object_once(faulty_server: Server, proxy: FaultyS3) -> None:
+    """The settle stores the record with the state; the registry's commit that
+    follows finds it stored and does not PUT it again."""
+    tus = TusClient(faulty_server.endpoint)
+    url = tus.new_upload(10 * MiB)
+    upload_id = url.rsplit("/", 1)[1]
+    proxy.seen.clear()
+    assert tus.patch(url, 0, pattern_bytes(3 * MiB, seed=20)).status_code == 204
+    info_puts = [seen for seen in proxy.seen
+                 if seen[0] == "PUT" and seen[1].endswith(f"{upload_id}.info")]
+    assert len(info_puts) == 1, proxy.seen
