@@ -254,6 +254,8 @@ class TusNodeProcess(LaunchedServer):
     port: int = field(default_factory=free_port)
     base_path: str = "/files/"
     process: subprocess.Popen[bytes] | None = None
+    #: Added to the environment (TUS_S3_BUCKET … for @tus/s3-store).
+    env: dict[str, str] = field(default_factory=dict)
 
     def command(self) -> list[str]:
         node = shutil.which("node") or "node"
@@ -265,7 +267,7 @@ class TusNodeProcess(LaunchedServer):
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 self.command(), stdout=log, stderr=log, cwd=TUS_NODE_DIR,
-                start_new_session=True,
+                start_new_session=True, env={**os.environ, **self.env},
             )
         if not wait_until(self.ready, timeout, 0.1):
             self.stop()
