@@ -49,6 +49,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("backend", getattr(metafunc.module, "BACKENDS", BACKENDS), scope="module")
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Name the real clients the run drove, once each, also under -q and across
+    xdist workers (whose own output the terminal never shows): a test adds
+    ``("client under test", "<name> <version>")`` to its user properties."""
+    named: list[str] = []
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            for key, value in getattr(report, "user_properties", ()):
+                if key == "client under test" and value not in named:
+                    named.append(value)
+    for value in named:
+        terminalreporter.write_line(f"client under test: {value}")
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()

@@ -128,7 +128,7 @@ def test_test_adds_the_test_extras_and_second_runs_install_nothing(checkout: Che
     assert package_installs(checkout.run("serve")) == ["."]
     calls = checkout.run("test", "-x")
     assert package_installs(calls) == [".[test]"], "a serve-only venv lacks the test extras"
-    assert ["python", "-m", "pytest", "-x"] in calls
+    assert ["python", "-m", "pytest", "-n", "2", "--dist", "loadfile", "-x"] in calls
     # The test extras include what serving needs: nothing to install for either.
     for script in ("serve", "test", "serve"):
         calls = checkout.run(script)

@@ -41,6 +41,16 @@ def kit() -> BrowserKit:
     return browser_kit()
 
 
+@pytest.fixture(autouse=True)
+def _report_client_version(kit: BrowserKit, request: pytest.FixtureRequest) -> None:
+    """Name the client under test in the run's summary (tests/conftest.py prints it)."""
+    versions = kit.versions
+    request.node.user_properties.append(
+        ("client under test", f"@uppy/tus {versions['@uppy/tus']} (@uppy/core "
+         f"{versions['@uppy/core']}) in {versions['chromium']}")
+    )
+
+
 @pytest.fixture(scope="module")
 def page_origin(kit: BrowserKit) -> Iterator[str]:
     with static_server(BROWSER_DIR) as origin:

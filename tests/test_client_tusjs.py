@@ -91,24 +91,12 @@ def node() -> Node:
     return Node(executable, node_version, wanted)
 
 
-_reported: set[str] = set()
-
-
 @pytest.fixture(autouse=True)
-def _report_client_version(
-    node: Node, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture
-) -> None:
-    """Name the client under test once in the terminal output, even under -q."""
-    line = f"client under test: tus-js-client {node.client_version} on node {node.node_version}"
-    if line in _reported:
-        return
-    _reported.add(line)
-    reporter = request.config.pluginmanager.getplugin("terminalreporter")
-    with capsys.disabled():
-        if reporter is not None:
-            reporter.write_line(line)
-        else:
-            print(line)
+def _report_client_version(node: Node, request: pytest.FixtureRequest) -> None:
+    """Name the client under test in the run's summary (tests/conftest.py prints it)."""
+    request.node.user_properties.append(
+        ("client under test", f"tus-js-client {node.client_version} on node {node.node_version}")
+    )
 
 
 def run_tusjs(node: Node, **spec: object) -> dict:

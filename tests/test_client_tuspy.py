@@ -28,22 +28,10 @@ FILENAME = "résumé 東京.bin"
 TUSPY_VERSION = version("tuspy")
 
 
-_reported: set[str] = set()
-
-
 @pytest.fixture(autouse=True)
-def _report_client_version(request: pytest.FixtureRequest, capsys: pytest.CaptureFixture) -> None:
-    """Name the client under test once in the terminal output, even under -q."""
-    line = f"client under test: tuspy {TUSPY_VERSION}"
-    if line in _reported:
-        return
-    _reported.add(line)
-    reporter = request.config.pluginmanager.getplugin("terminalreporter")
-    with capsys.disabled():
-        if reporter is not None:
-            reporter.write_line(line)
-        else:
-            print(line)
+def _report_client_version(request: pytest.FixtureRequest) -> None:
+    """Name the client under test in the run's summary (tests/conftest.py prints it)."""
+    request.node.user_properties.append(("client under test", f"tuspy {TUSPY_VERSION}"))
 
 
 def write_file(tmp_path: Path, size: int, seed: int) -> tuple[Path, bytes]:
