@@ -292,11 +292,74 @@ def test_nginx_config_streams_and_forwards() -> None:
         assert int(value[0].rstrip("s")) >= 300, f"{name} {value[0]} is too short for uploads"
 
 
+S3_REPLICA = re.compile(r"resumable-s3-\d+")
+#: The standard AWS credential chain's variables: not settings, read by boto3.
+AWS_VARIABLES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+
+@pytest.fixture(scope="module")
+def s3_replicas(services: dict) -> dict[str, dict]:
+    """The replicas of the "s3" profile: resumable-s3-1, resumable-s3-2, ..."""
+    return {name: service for name, service in services.items() if S3_REPLICA.fullmatch(name)}
+
+
+def test_the_s3_profile_has_minio_a_bucket_two_replicas_and_nginx(
+    services: dict, s3_replicas: dict
+) -> None:
+    assert sorted(s3_replicas) == ["resumable-s3-1", "resumable-s3-2"]
+    for name in ("minio", "minio-bucket", "nginx-s3", *s3_replicas):
+        assert services[name].get("profiles") == ["s3"], f"{name} belongs to the s3 profile"
+    for name in ("redis", "resumable-1", "resumable-2", "nginx"):
+        assert "profiles" not in services[name], f"{name} runs without a profile"
+    assert "mc mb --ignore-existing local/uploads" in " ".join(services["minio-bucket"]["command"])
+
+
+def test_s3_replicas_share_bucket_redis_and_settings_but_no_disk(
+    services: dict, s3_replicas: dict, environments: dict[str, dict[str, str]]
+) -> None:
+    s3_environments = {name: as_mapping(service["environment"])
+                       for name, service in s3_replicas.items()}
+    minio = as_mapping(services["minio"]["environment"])
+    loaded = {}
+    for name, environment in s3_environments.items():
+        unknown = set(environment) - SETTING_VARIABLES - AWS_VARIABLES
+        assert not unknown, f"{name}: not settings: {sorted(unknown)}"
+        assert environment["AWS_ACCESS_KEY_ID"] == minio["MINIO_ROOT_USER"]
+        assert environment["AWS_SECRET_ACCESS_KEY"] == minio["MINIO_ROOT_PASSWORD"]
+        settings = Settings.load(environ={k: v for k, v in environment.items()
+                                          if k not in AWS_VARIABLES})
+        loaded[name] = settings
+        replica = s3_replicas[name]
+        assert not volume_mounts(replica), f"{name} shares no disk: its data dir is its own"
+        assert not replica.get("ports"), f"{name} trusts X-Forwarded-*: reachable only via nginx"
+        assert {"redis", "minio-bucket"} <= set(depends_on(replica))
+    first = next(iter(loaded.values()))
+    assert all(settings == first for settings in loaded.values())
+    assert (first.s3_bucket, first.s3_endpoint) == ("uploads", "http://minio:9000")
+    assert first.trust_proxy and first.redis_url.startswith("redis://redis:6379")
+    disk = Settings.load(environ=next(iter(environments.values())))
+    assert first.redis_prefix != disk.redis_prefix, "the two shapes keep their keys apart"
+
+
+def test_nginx_s3_fronts_the_s3_replicas(services: dict, s3_replicas: dict) -> None:
+    nginx = services["nginx-s3"]
+    mounts = {target: (ROOT / source).resolve() for target, source in volume_mounts(nginx).items()}
+    upstream_file = DEPLOY / "resumable-upstream-s3.conf"
+    assert mounts[f"{NGINX_CONF_DIR}/conf.d/default.conf"] == NGINX_CONFIG
+    assert mounts[f"{NGINX_CONF_DIR}/resumable-upstream.conf"] == upstream_file.resolve()
+    assert mounts[f"{NGINX_CONF_DIR}/resumable-listen.conf"] == (
+        DEPLOY / "resumable-listen.conf").resolve()
+    upstreams = sorted(args[0] for args in directive(upstream_file, "server"))
+    assert upstreams == [f"{name}:1080" for name in sorted(s3_replicas)]
+    assert set(s3_replicas) <= set(depends_on(nginx))
+    assert published_ports(nginx) == [(1081, 80)]
+
+
 def test_docker_compose_accepts_the_file() -> None:
     executable = shutil.which("docker-compose")
     assert executable, "docker-compose is not installed (scripts/test installs it)"
     result = subprocess.run(
-        [executable, "-f", str(COMPOSE_FILE), "config", "-q"],
+        [executable, "-f", str(COMPOSE_FILE), "--profile", "s3", "config", "-q"],
         cwd=ROOT,
         capture_output=True,
         text=True,
