@@ -992,12 +992,25 @@ def test_deferred_creation_with_too_large_body_creates_nothing(table_server: Ser
     assert table_server.stored_names() == before
 
 
+def trickled(pieces: list[bytes], pause: float = 0.2) -> Iterator[bytes]:
+    """A chunked body in pieces apart in time: a proxy cannot have it whole at once.
+
+    nginx sends a body it already holds whole with a Content-Length instead of
+    chunked, and a declared length above what is left is refused before any
+    byte is read; the pause keeps the body streaming, as a real client's is.
+    """
+    for index, piece in enumerate(pieces):
+        if index:
+            time.sleep(pause)
+        yield piece
+
+
 def test_final_joins_even_when_the_completing_patch_ends_in_413(table_server: Server) -> None:
     """A chunked PATCH that overruns the last partial completes it (413) and joins the final."""
     tus = TusClient(table_server.endpoint)
     part = tus.new_upload(5, headers={"Upload-Concat": "partial"})
     final = tus.create(headers={"Upload-Concat": f"final;{part}"}).headers["Location"]
-    response = tus.patch(part, 0, iter([b"hel", b"lo!!"]))  # chunked: 7 bytes for 5
+    response = tus.patch(part, 0, trickled([b"hel", b"lo!!"]))  # chunked: 7 bytes for 5
     assert response.status_code == 413, response.text
     assert tus.offset(part) == 5
     final_id = upload_id(final)
