@@ -149,15 +149,17 @@ def test_patches_of_one_upload_land_on_both_replicas(cluster: Proxied, tus: TusC
     assert data_file(cluster, url).read_bytes() == data
 
 
-def holder_of(cluster: Proxied, path: Path) -> Server | None:
-    """The replica one of whose workers has ``path`` open (the one writing it)."""
-    target = str(path)
+def holder_of(cluster: Proxied, upload_id: str) -> Server | None:
+    """The replica one of whose workers has a file of the upload open: the one writing it
+    (its data file on a shared disk, its spool files in the replica's own data dir on S3)."""
     for replica in cluster.replicas:
+        prefixes = (str(replica.data_dir / "uploads" / upload_id),
+                    str(replica.data_dir / "spool" / upload_id))
         for pid in replica.worker_pids():
             with contextlib.suppress(OSError):
                 for name in os.listdir(f"/proc/{pid}/fd"):
                     with contextlib.suppress(OSError):
-                        if os.readlink(f"/proc/{pid}/fd/{name}") == target:
+                        if os.readlink(f"/proc/{pid}/fd/{name}").startswith(prefixes):
                             return replica
     return None
 
@@ -206,14 +208,28 @@ def resume(client: TusClient, url: str, data: bytes, delays: list[float]) -> lis
     raise AssertionError(f"the upload did not resume: {attempts}")
 
 
+@pytest.mark.parametrize("shape", ["shared-disk", "s3"])
 def test_replica_killed_mid_patch_and_the_client_resumes_through_the_proxy(
-    make_cluster: Callable[[], Proxied],
+    make_cluster: Callable[[], Proxied], start_server, shape: str
 ) -> None:
-    cluster = make_cluster()  # its own: one replica will be dead afterwards
+    """A host dies mid-PATCH after a commit: what it committed survives, and the
+    client resumes on the other host. On a shared disk, and on S3 with data dirs
+    of their own."""
+    # Its own deployment: one replica will be dead afterwards.
+    if shape == "s3":
+        cluster = start_server("proxied-redis-s3", **REPLICA_SETTINGS)
+    else:
+        cluster = make_cluster()
     tus = TusClient(cluster.endpoint)
     data = pattern_bytes(24 * MiB, seed=2)
     url = tus.new_upload(len(data))
-    path = data_file(cluster, url)
+
+    def committed() -> int:
+        """The offset the store's durable record holds (written at every commit)."""
+        if shape == "s3":
+            return cluster.stored_bytes(upload_id(url)) or 0
+        return sidecar_offset(data_file(cluster, url))
+
     sent_before_kill = 6 * MiB
     killed = threading.Event()
     outcome: dict[str, object] = {}
@@ -235,8 +251,8 @@ def test_replica_killed_mid_patch_and_the_client_resumes_through_the_proxy(
         found: list[Server] = []
 
         def committed_while_writing() -> bool:
-            holder = holder_of(cluster, path)
-            if holder is not None and sidecar_offset(path) >= 4 * MiB:
+            holder = holder_of(cluster, upload_id(url))
+            if holder is not None and committed() >= 4 * MiB:
                 found.append(holder)
                 return True
             return False
@@ -275,7 +291,10 @@ def test_replica_killed_mid_patch_and_the_client_resumes_through_the_proxy(
     assert download.status_code == 200
     assert only(download, "X-Upstream") == cluster.address(survivor)
     assert hashlib.sha256(download.content).digest() == hashlib.sha256(data).digest()
-    assert path.read_bytes() == data
+    if shape == "s3":
+        assert cluster.stored_content(upload_id(url)) == data
+    else:
+        assert data_file(cluster, url).read_bytes() == data
 
 
 def test_location_is_the_proxy_url_and_follows_the_host(cluster: Proxied, tus: TusClient) -> None:
