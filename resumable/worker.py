@@ -143,9 +143,10 @@ def cut(sock: socket.socket) -> None:
 #: glibc malloc arenas in a worker that stores to S3 (mallopt's M_ARENA_MAX is -8).
 #: glibc gives a thread that meets contention an arena of its own, up to eight per
 #: core, and each keeps what it freed: the part-sending threads and the request
-#: threads of a worker streaming to S3 left 110-120 MiB resident where two arenas
-#: keep it under 100 MiB, with the GIL serialising most allocations anyway.
-S3_MALLOC_ARENAS = 2
+#: threads of a worker streaming 16 uploads to S3 left 110-120 MiB resident; two
+#: arenas kept it at 95-100 MiB and one at 88 MiB (benchmarks/s3_compare.py), with
+#: no loss of throughput: the GIL serialises most allocations anyway.
+S3_MALLOC_ARENAS = 1
 _M_ARENA_MAX = -8
 
 
