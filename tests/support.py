@@ -315,7 +315,8 @@ class FaultyS3:
     request by method and a part of its query (``uploadId`` without
     ``partNumber`` is CompleteMultipartUpload, ``partNumber`` is UploadPart):
     ``slow`` delays every matching request, ``throttle`` answers the next
-    ``count`` of them 503 SlowDown; ``down`` drops every connection unanswered,
+    ``count`` of them 503 SlowDown (``refuse``: another status and error code);
+    ``down`` drops every connection unanswered,
     as an endpoint that went away. Request bodies are read whole: tests send
     parts of a few MiB.
     """
@@ -327,7 +328,8 @@ class FaultyS3:
         self.port = free_port()
         self.down = False
         self.delays: list[tuple[str, str, float]] = []
-        self.throttled: list[list] = []  # [method, query part, answers left]
+        #: [method, query part, answers left, status, error code]
+        self.throttled: list[list] = []
         #: Every request forwarded or refused: (method, path, query).
         self.seen: list[tuple[str, str, str]] = []
         self.lock = threading.Lock()
@@ -341,8 +343,11 @@ class FaultyS3:
         self.delays.append((method, query_part, seconds))
 
     def throttle(self, method: str, query_part: str, count: int) -> None:
+        self.refuse(method, query_part, count, 503, "SlowDown")
+
+    def refuse(self, method: str, query_part: str, count: int, status: int, code: str) -> None:
         with self.lock:
-            self.throttled.append([method, query_part, count])
+            self.throttled.append([method, query_part, count, status, code])
 
     def clear(self) -> None:
         with self.lock:
@@ -357,8 +362,8 @@ class FaultyS3:
         return (method == rule_method and all(name in names for name in plain)
                 and not any(name in names for name in excluded))
 
-    def _decide(self, method: str, path: str, query: str) -> tuple[float, bool]:
-        """(seconds to wait, answer 503 instead of forwarding)."""
+    def _decide(self, method: str, path: str, query: str) -> tuple[float, tuple | None]:
+        """(seconds to wait, (status, code) to answer instead of forwarding, or None)."""
         with self.lock:
             self.seen.append((method, path, query))
             delay = sum(seconds for rule_method, part, seconds in self.delays
@@ -366,8 +371,8 @@ class FaultyS3:
             for rule in self.throttled:
                 if rule[2] > 0 and self._matches(method, query, rule[0], rule[1]):
                     rule[2] -= 1
-                    return delay, True
-        return delay, False
+                    return delay, (rule[3], rule[4])
+        return delay, None
 
     def start(self) -> FaultyS3:
         proxy = self
@@ -388,13 +393,15 @@ class FaultyS3:
                 delay, refuse = proxy._decide(self.command, target.path, target.query)
                 time.sleep(delay)
                 if refuse:
-                    answer = (b"<?xml version=\"1.0\"?><Error><Code>SlowDown</Code>"
-                              b"<Message>Please reduce your request rate.</Message></Error>")
-                    self.send_response(503)
+                    status, code = refuse
+                    answer = (f'<?xml version="1.0"?><Error><Code>{code}</Code>'
+                              "<Message>refused by the test</Message></Error>").encode()
+                    self.send_response(status)
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(answer)))
                     self.end_headers()
-                    self.wfile.write(answer)
+                    if self.command != "HEAD":
+                        self.wfile.write(answer)
                     return
                 upstream = http.client.HTTPConnection(
                     proxy.upstream.hostname, proxy.upstream.port, timeout=60

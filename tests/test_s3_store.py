@@ -249,6 +249,37 @@ def test_a_missing_bucket_stops_serve_with_the_reason(s3: MotoS3, tmp_path: Path
     assert "bucket 'no-such-bucket' does not exist" in result.stderr
 
 
+def serve_once(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``resumable serve`` that is expected to stop at start."""
+    return subprocess.run([sys.executable, "-m", "resumable", "serve", *args],
+                          capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_refused_or_missing_credentials_stop_serve_with_the_reason(
+    s3: MotoS3, tmp_path: Path, faulty: FaultyS3
+) -> None:
+    """The bucket answers 403 (keys it does not know), or boto3 finds no
+    credentials at all: serve stops at start and says which, no traceback."""
+    bucket = s3.new_bucket()
+    faulty.clear()
+    faulty.refuse("HEAD", "", 100, 403, "InvalidAccessKeyId")
+    try:
+        refused = serve_once("--data-dir", str(tmp_path / "a"), "--s3-bucket", bucket,
+                             "--s3-endpoint", faulty.endpoint)
+    finally:
+        faulty.clear()
+    assert refused.returncode == 2, (refused.returncode, refused.stderr)
+    assert f"bucket '{bucket}' is not ours to use (check the credentials)" in refused.stderr
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
+    env["HOME"] = str(tmp_path)  # no ~/.aws either
+    anonymous = serve_once("--data-dir", str(tmp_path / "b"), "--s3-bucket", bucket,
+                           "--s3-endpoint", s3.endpoint, "--s3-region", "us-east-1", env=env)
+    assert anonymous.returncode == 2, (anonymous.returncode, anonymous.stderr)
+    assert "Unable to locate credentials" in anonymous.stderr, anonymous.stderr
+    for result in (refused, anonymous):
+        assert "Traceback" not in result.stderr
+
+
 def test_a_checksummed_trailer_is_verified_from_the_spool(hosts: list[Server]) -> None:
     """checksum-trailer on S3: the body (larger than a part) stays in the spool
     until the trailer's digest is checked; a mismatch keeps nothing."""
