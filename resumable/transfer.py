@@ -427,12 +427,7 @@ class _Run:
         """Whatever is due or asked: the rate check, renewal and requests, a commit."""
         if now >= self.window_end:
             self._check_rate(now)
-        state = Mailbox.HELD
-        if self.wakeup.answer() or now >= self.next_renewal:
-            state = self.lease.heartbeat()  # renews (Redis) and reads the mailbox
-            self.next_renewal = now + self.lease.interval
-        if state is Mailbox.LOST:
-            raise LeaseLost(self.record.id)
+        state = self._renew(now, asked=self.wakeup.answer())
         if state is Mailbox.HARD_RELEASE:
             raise _HandOver()
         if not self.staged and (state is Mailbox.SOFT_RELEASE or now >= self.commit_due):
@@ -444,16 +439,25 @@ class _Run:
             self.lease.acknowledge()
         self._schedule()
 
+    def _renew(self, now: float, asked: bool = False) -> Mailbox:
+        """Renew the lease when due (or when a release request rang): the mailbox's state.
+
+        Raises LeaseLost when the lock is no longer ours.
+        """
+        state = Mailbox.HELD
+        if asked or now >= self.next_renewal:
+            state = self.lease.heartbeat()  # renews (Redis) and reads the mailbox
+            self.next_renewal = now + self.lease.interval
+        if state is Mailbox.LOST:
+            raise LeaseLost(self.record.id)
+        return state
+
     def _keep_lease(self) -> None:
         """While the store works for us (a slow part, completing an object): renew when due.
 
         Release requests wait for the loop; a lease that is lost ends the wait.
         """
-        now = time.monotonic()
-        if now >= self.next_renewal:
-            if self.lease.heartbeat() is Mailbox.LOST:
-                raise LeaseLost(self.record.id)
-            self.next_renewal = now + self.lease.interval
+        self._renew(time.monotonic())
         if not self.lease.is_valid():
             raise LeaseLost(self.record.id)
 

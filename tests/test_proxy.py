@@ -1,6 +1,7 @@
 """nginx in front of two replicas: the shipped deploy/nginx.conf, run for real.
 
-A fixture starts Debian's nginx with deploy/nginx.conf itself (included from a
+conftest's start_server (``proxied-…`` backends, tests.support.Proxied) starts
+Debian's nginx with deploy/nginx.conf itself (included from a
 generated main config that only puts pid, logs and temp files under the test's
 directory, and with two small include files of its own: the upstream servers
 and the listen port, the parts that differ from docker-compose). Behind it run
@@ -25,7 +26,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,6 @@ from resumable.filestore import read_sidecar_file
 from .support import (
     NGINX_MISSING,
     Proxied,
-    RedisServer,
     Server,
     TusClient,
     iter_chunks,
@@ -74,33 +74,17 @@ def data_file(cluster: Proxied, url: str) -> Path:
     return cluster.data_dir / "uploads" / upload_id(url)
 
 
-@pytest.fixture(scope="module")
-def make_cluster(
-    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[[], Proxied]]:
-    """Factory: nginx in front of two replicas that share Redis and one data directory."""
-    started: list[Proxied] = []
-
-    def make() -> Proxied:
-        workdir = tmp_path_factory.mktemp("proxy")
-        data_dir = workdir / "data"
-        # The same prefix for both (Server's own default is one per port):
-        # the replicas of one deployment share their Redis keys.
-        settings = {**REPLICA_SETTINGS, "redis_prefix": f"proxy-{workdir.name}:"}
-        replicas = [
-            Server(data_dir, redis_url=redis_server.url, workers=2, **settings) for _ in range(2)
-        ]
-        started.append(Proxied(replicas, workdir).start())
-        return started[-1]
-
-    yield make
-    for deployment in reversed(started):
-        deployment.stop()
+def start_cluster(start_server, backend: str = "proxied-redis") -> Proxied:
+    """nginx in front of two replicas sharing Redis and one data dir (or, with
+    ``proxied-redis-s3``, a bucket and data dirs of their own): conftest's start_server."""
+    deployment = start_server(backend, **REPLICA_SETTINGS)
+    assert isinstance(deployment, Proxied)
+    return deployment
 
 
 @pytest.fixture(scope="module")
-def cluster(make_cluster: Callable[[], Proxied]) -> Proxied:
-    return make_cluster()
+def cluster(start_server) -> Proxied:
+    return start_cluster(start_server)
 
 
 @pytest.fixture
@@ -210,16 +194,13 @@ def resume(client: TusClient, url: str, data: bytes, delays: list[float]) -> lis
 
 @pytest.mark.parametrize("shape", ["shared-disk", "s3"])
 def test_replica_killed_mid_patch_and_the_client_resumes_through_the_proxy(
-    make_cluster: Callable[[], Proxied], start_server, shape: str
+    start_server, shape: str
 ) -> None:
     """A host dies mid-PATCH after a commit: what it committed survives, and the
     client resumes on the other host. On a shared disk, and on S3 with data dirs
     of their own."""
     # Its own deployment: one replica will be dead afterwards.
-    if shape == "s3":
-        cluster = start_server("proxied-redis-s3", **REPLICA_SETTINGS)
-    else:
-        cluster = make_cluster()
+    cluster = start_cluster(start_server, "proxied-redis-s3" if shape == "s3" else "proxied-redis")
     tus = TusClient(cluster.endpoint)
     data = pattern_bytes(24 * MiB, seed=2)
     url = tus.new_upload(len(data))
@@ -480,8 +461,7 @@ def disk_use(directory: Path) -> int:
 
 def test_256_mib_alternating_hosts_on_s3_with_small_data_dirs(start_server) -> None:
     """Each PATCH lands on the other replica; neither keeps more than its spool."""
-    deployment = start_server("proxied-redis-s3", **REPLICA_SETTINGS)
-    assert isinstance(deployment, Proxied)
+    deployment = start_cluster(start_server, "proxied-redis-s3")
     tus = TusClient(deployment.endpoint)
     size, patch_size = 256 * MiB, 32 * MiB
     data = pattern_bytes(size, seed=6)

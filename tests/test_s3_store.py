@@ -239,11 +239,8 @@ def test_gc_removes_what_no_record_names(s3: MotoS3, tmp_path: Path) -> None:
 
 
 def test_a_missing_bucket_stops_serve_with_the_reason(s3: MotoS3, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "resumable", "serve", "--data-dir", str(tmp_path),
-         "--s3-bucket", "no-such-bucket", "--s3-endpoint", s3.endpoint],
-        capture_output=True, text=True, timeout=60,
-    )
+    result = serve_once("--data-dir", str(tmp_path), "--s3-bucket", "no-such-bucket",
+                        "--s3-endpoint", s3.endpoint)
     assert result.returncode == 2, (result.returncode, result.stderr)
     assert "Traceback" not in result.stderr
     assert "bucket 'no-such-bucket' does not exist" in result.stderr
