@@ -403,7 +403,7 @@ class LaunchedServer:
 class ServerProcess(LaunchedServer):
     """``python -m resumable serve`` (gunicorn master + workers) on a free port."""
 
-    stop_grace = 40.0  # gunicorn's graceful_timeout is 30 s
+    stop_grace = 40.0  # well over --shutdown-timeout (10 s by default)
 
     data_dir: Path
     log_path: Path

@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "create_app"]
+__all__ = ["Resumable", "Settings", "__version__", "create_app"]
 
 
 def __getattr__(name: str):  # lazy: importing the package must not import Flask
@@ -10,4 +10,12 @@ def __getattr__(name: str):  # lazy: importing the package must not import Flask
         from .app import create_app
 
         return create_app
+    if name == "Resumable":
+        from .extension import Resumable
+
+        return Resumable
+    if name == "Settings":
+        from .settings import Settings
+
+        return Settings
     raise AttributeError(name)

@@ -171,6 +171,9 @@ class Waiter(Protocol):
 
     #: An fd that becomes readable when the holder must act (its doorbell); -1: none.
     wake_fd: int
+    #: An fd that turns readable, and stays so, when the process stops (stopping.py); -1
+    #: or absent: none. A waiter that has one must end the body in ``on_idle`` once it is.
+    stop_fd: int
 
     def next_wait(self) -> float:
         """Seconds until ``on_idle`` must run even if nothing happens."""
@@ -183,6 +186,7 @@ class Deadline:
     """A waiter for reading what is left of a body: give up at ``deadline``."""
 
     wake_fd = -1
+    stop_fd = -1  # a drain is short: it ends by itself
 
     def __init__(self, deadline: float):
         self.deadline = deadline
@@ -227,8 +231,9 @@ class SocketSource:
         self.waiter = waiter
         self.poller = select.poll()
         self.poller.register(self.fileno, select.POLLIN)
-        if waiter.wake_fd >= 0:
-            self.poller.register(waiter.wake_fd, select.POLLIN)
+        for fd in (waiter.wake_fd, getattr(waiter, "stop_fd", -1)):
+            if fd >= 0:
+                self.poller.register(fd, select.POLLIN)
 
     def _arm(self) -> None:
         """Make the socket non-blocking before the first read of it."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import resource
 import subprocess
@@ -21,14 +22,12 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from . import __version__
-from .files import make_private_dir
+from . import __version__, metrics
+from .files import make_private_dir, writable_problem
 from .hooks import load_authorizer
 from .registry import RegistryUnavailable, describe_registry, unreachable_reason
 from .settings import ENV_PREFIX, Settings, field_type
 
-#: Seconds gunicorn gives running requests to finish on SIGTERM (docker-compose waits longer).
-GRACEFUL_TIMEOUT = 30
 #: The worker class behind ``--worker-class gthread``: gthread with a header deadline.
 GTHREAD_WORKER = "resumable.worker.ResumableThreadWorker"
 #: Idle kept-alive connections a worker parks beside its busy threads.
@@ -63,12 +62,11 @@ def check_data_dir(path: str, mode: int | None = None) -> None:
     """Fail at the command line, not in every worker, when data cannot be stored."""
     try:
         make_private_dir(Path(path), mode)
-        probe = os.path.join(path, f".write-test-{os.getpid()}")
-        with open(probe, "w"):
-            pass
-        os.unlink(probe)
     except OSError as error:
         raise ValueError(f"data_dir {path!r} is not writable: {error.strerror}") from None
+    problem = writable_problem(Path(path))
+    if problem is not None:
+        raise ValueError(f"data_dir {path!r} is not writable: {problem}")
 
 
 def check_bucket(settings: Settings) -> None:
@@ -80,6 +78,15 @@ def check_bucket(settings: Settings) -> None:
     problem = bucket_problem(settings.s3_bucket, settings.s3_endpoint, settings.s3_region)
     if problem is not None:
         raise ValueError(problem)
+
+
+def check_hooks(settings: Settings) -> None:
+    """Hooks that cannot be loaded, or a hook URL that is no URL, stop the command here."""
+    from .hooks_http import HttpHookSender
+    from .lifecycle import load_receivers
+
+    load_receivers(settings.hooks)
+    HttpHookSender.from_settings(settings)
 
 
 def settings_environment(settings: Settings) -> dict[str, str]:
@@ -118,7 +125,12 @@ class GunicornServer(BaseApplication):
             # Uploads last hours: gthread workers heartbeat from their main
             # thread, so this only catches a hung worker, never a long PATCH.
             "timeout": 60,
-            "graceful_timeout": GRACEFUL_TIMEOUT,
+            # On SIGTERM (and for the old workers of a reload) running PATCHes
+            # stop reading, commit and answer at once (stopping.py); this is
+            # what the rest (downloads, a slow S3 commit) get before the master
+            # kills them. docker-compose's stop_grace_period must be longer.
+            # gunicorn takes whole seconds only.
+            "graceful_timeout": math.ceil(s.shutdown_timeout),
             "keepalive": 75,
             "loglevel": s.log_level,
             "accesslog": None,
@@ -135,6 +147,8 @@ class GunicornServer(BaseApplication):
             "control_socket_disable": True,
         }
         options["when_ready"] = self._ready
+        if s.metrics_path:
+            options["child_exit"] = metrics.child_exit  # a dead worker's PATCHes end with it
         if s.gc_interval > 0:
             options["on_exit"] = self._stop_collector
         for key, value in options.items():
@@ -235,7 +249,13 @@ def raise_open_files_limit(threads: int) -> str | None:
 
 
 def serve(settings: Settings) -> int:
-    GunicornServer(settings).run()
+    if settings.access_log:
+        from .request_log import log_to_stderr
+
+        log_to_stderr(settings.log_format)
+    # Before the workers fork: they all write their metrics to one directory (metrics.py).
+    with metrics.shared_by_workers(enabled=bool(settings.metrics_path)):
+        GunicornServer(settings).run()
     return 0
 
 
@@ -243,6 +263,7 @@ def collect_garbage(settings: Settings, every: float | None, first_after: float 
     """One collection, or one every ``every`` seconds until the parent server exits."""
     from .expiry import ExpiryPolicy
     from .gc import collect
+    from .lifecycle import Lifecycle
     from .registry import make_registry
     from .store import make_store
 
@@ -250,6 +271,7 @@ def collect_garbage(settings: Settings, every: float | None, first_after: float 
     store = make_store(settings)
     registry = make_registry(settings, store)
     expiry = ExpiryPolicy.from_settings(settings)
+    lifecycle = Lifecycle.from_settings(settings, store, registry)
     parent = os.getppid()
     if not every:
         problem = unreachable_reason(settings)
@@ -260,7 +282,7 @@ def collect_garbage(settings: Settings, every: float | None, first_after: float 
         return 0
     while True:
         try:
-            report = collect(registry, store, expiry, settings.max_size)
+            report = collect(registry, store, expiry, settings.max_size, lifecycle=lifecycle)
             if not every or report.expired or report.leftovers:
                 print(report, flush=True)
         except RegistryUnavailable as error:
@@ -334,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         check_data_dir(settings.data_dir, settings.data_dir_permissions)
         check_bucket(settings)
         load_authorizer(settings.auth_hook)
+        check_hooks(settings)
     except ValueError as error:
         parser.error(str(error))
     if args.command == "serve":

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from .expiry import ExpiryPolicy
+from .lifecycle import HookRefused, Lifecycle
 from .protocol import (
     MAX_UPLOAD_LENGTH,
     BadRequest,
@@ -101,6 +102,8 @@ class Concatenator:
     expiry: ExpiryPolicy
     #: ``--max-size``; 0 means no limit but the protocol's 2^63-1.
     max_size: int = 0
+    #: pre-finish and post-finish of a joined final (lifecycle.py), when hooks are set.
+    lifecycle: Lifecycle | None = None
 
     @property
     def size_limit(self) -> int:
@@ -194,7 +197,15 @@ class Concatenator:
             return final  # a part was deleted meanwhile: it can never be joined
         final.length = final.offset = total
         self.expiry.stamp(final, time.time())
-        self.registry.save(lease, final)
+        if self.lifecycle is None:
+            self.registry.save(lease, final)
+        else:
+            try:
+                with self.lifecycle.finishing_commit(final, None):
+                    self.registry.save(lease, final)
+            except HookRefused:
+                self.registry.forget(lease, final)  # refused: it will never be joined
+                raise
         self.registry.remove_waiting(final_id, final.parts)
         return final
 

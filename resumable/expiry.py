@@ -4,7 +4,8 @@
   last commit of received bytes (a sliding expiry: an upload that keeps
   receiving bytes never expires). Its ``Upload-Expires`` header says when.
 * A finished upload is kept until it is deleted, or, with
-  ``--finished-expiry``, that many seconds after it finished. tus defines
+  ``--finished-expiry``, that many seconds after it finished, and never while
+  its post-finish event is still owed to a hook receiver. tus defines
   ``Upload-Expires`` for unfinished uploads only, so finished ones never
   carry the header.
 * A final concatenation still waiting for its partials has no expiry of its
@@ -17,6 +18,7 @@ the same record means the same thing to every process reading it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .protocol import format_http_date
@@ -46,12 +48,17 @@ class ExpiryPolicy:
         else:
             record.expires = now + self.unfinished if self.unfinished > 0 else None
 
-    def is_expired(self, record: UploadRecord, now: float) -> bool:
+    def is_expired(
+        self, record: UploadRecord, now: float, finish_owed: Callable[[str], bool] | None = None
+    ) -> bool:
+        """Past its time; a finished upload never while its post-finish is owed (lifecycle.py),
+        which ``finish_owed(upload_id)`` tells."""
         if record.is_complete:
             return (
                 self.finished > 0
                 and record.finished is not None
                 and record.finished + self.finished <= now
+                and not (finish_owed is not None and finish_owed(record.id))
             )
         return record.expires is not None and record.expires <= now
 

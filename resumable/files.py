@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import threading
 from pathlib import Path
 
 from .protocol import InsufficientStorage, is_valid_upload_id
@@ -129,6 +130,23 @@ def copy_range(
         if n == 0:
             raise OSError(errno.EIO, "source file is shorter than its recorded length")
         copied += n
+
+
+def writable_problem(folder: Path) -> str | None:
+    """Why a file cannot be written in ``folder`` now (its strerror: missing, read-only,
+    full), or None."""
+    probe = folder / f".write-test-{os.getpid()}-{threading.get_ident()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            write_all(fd, b"x")
+        finally:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(probe)
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
 
 
 def is_disk_full(error: BaseException) -> bool:

@@ -39,6 +39,7 @@ from .files import (
     raise_if_disk_full,
     read_small_file,
     remove_unknown,
+    writable_problem,
     write_all,
 )
 from .protocol import is_valid_upload_id
@@ -140,6 +141,13 @@ class FileStore(Store):
         self.uploads = self.root / "uploads"
         make_private_dir(self.uploads, self.mode)
         self.fsync = fsync
+
+    def storage_info(self, upload_id: str) -> dict[str, str]:
+        return {"Type": "filestore", "Path": str(self.data_path(upload_id))}
+
+    def problem(self) -> str | None:
+        reason = writable_problem(self.uploads)
+        return None if reason is None else f"{self.uploads} is not writable: {reason}"
 
     # -- paths ---------------------------------------------------------------
 
@@ -311,5 +319,3 @@ class FileStore(Store):
 
 #: Bytes joined between two lease renewals during a concatenation.
 COPY_PIECE = 256 * 1024 * 1024
-
-

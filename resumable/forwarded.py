@@ -1,34 +1,22 @@
-"""WSGI middleware that must act before routing: method override and proxies."""
+"""What a trusted proxy says about the request: scheme, host, prefix, client address.
+
+With ``--trust-proxy`` the ``Forwarded`` / ``X-Forwarded-*`` headers decide the
+URLs the server answers with (``Location``) and the client address it logs.
+They are applied to a copy of the request's WSGI environment, only for the tus
+endpoint's requests: an app that mounts the endpoint keeps its own view of
+every other request.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.wrappers import Request
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
-
-_METHOD = re.compile(r"[A-Za-z]{1,16}")
-
-
-class MethodOverride:
-    """``POST`` + ``X-HTTP-Method-Override: PATCH`` is a PATCH (tus core).
-
-    Only POST may be overridden, as tusd does: a GET or HEAD that turned into
-    a DELETE could be triggered by a link or a prefetch.
-    """
-
-    def __init__(self, app: WSGIApp):
-        self.app = app
-
-    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        override = environ.get("HTTP_X_HTTP_METHOD_OVERRIDE")
-        if override and environ.get("REQUEST_METHOD") == "POST" and _METHOD.fullmatch(override):
-            environ["resumable.original_method"] = "POST"
-            environ["REQUEST_METHOD"] = override.upper()
-        return self.app(environ, start_response)
-
 
 _FORWARDED_PAIR = re.compile(r'\s*([A-Za-z]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;,\s]*)\s*')
 
@@ -72,3 +60,28 @@ class TrustedProxy:
         if fields.get("for"):
             environ["REMOTE_ADDR"] = fields["for"]
         return self.app(environ, start_response)
+
+
+@dataclass(frozen=True)
+class PublicView:
+    """The request as its client made it: ``scheme://host`` + ``script_root`` is the base URL."""
+
+    scheme: str
+    host: str
+    script_root: str
+    remote_addr: str
+
+
+def public_view(environ: dict, trust_proxy: bool) -> PublicView:
+    """The request's public address; through the proxy's headers only when it is trusted."""
+    if trust_proxy:
+        seen: dict = {}
+        TrustedProxy(lambda fixed, _start: seen.update(fixed) or [])(dict(environ), None)
+        environ = seen
+    request = Request(environ, populate_request=False, shallow=True)
+    return PublicView(
+        scheme=request.scheme,
+        host=request.host,
+        script_root=request.script_root,
+        remote_addr=request.remote_addr or "",
+    )

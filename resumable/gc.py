@@ -11,11 +11,15 @@ older than ``grace`` seconds, so a request still making them is never raced.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .concat import Concatenator
 from .expiry import ExpiryPolicy
+from .lifecycle import Lifecycle
 from .records import UploadRecord
 from .registry import Registry
 from .store import Store
@@ -30,11 +34,14 @@ class Report:
     expired: int = 0
     leftovers: int = 0
     locked: int = 0
+    #: Owed post-finish events delivered (lifecycle.py).
+    announced: int = 0
 
     def __str__(self) -> str:
         return (
             f"deleted {self.expired} expired uploads and {self.leftovers} leftover files; "
             f"{self.locked} expired uploads were busy and stay for the next run"
+            + (f"; delivered {self.announced} owed post-finish events" if self.announced else "")
         )
 
 
@@ -45,17 +52,18 @@ def collect(
     max_size: int = 0,
     now: float | None = None,
     grace: float = GRACE_SECONDS,
+    lifecycle: Lifecycle | None = None,
 ) -> Report:
     now = time.time() if now is None else now
     report = Report()
-    concatenator = Concatenator(registry, store, expiry, max_size)
+    concatenator = Concatenator(registry, store, expiry, max_size, lifecycle)
 
     def doomed(record: UploadRecord | None) -> bool:
         if record is None:
             return False
         if record.is_final and not record.is_complete:
             return concatenator.is_orphaned(record, now)
-        return expiry.is_expired(record, now)
+        return expiry.is_expired(record, now, registry.finish_owed)
 
     for upload_id in list(store.upload_ids()):
         record = registry.get(upload_id)
@@ -86,4 +94,43 @@ def collect(
             lease.release()
     report.leftovers += store.remove_leftovers(now - grace)
     report.leftovers += registry.remove_leftovers(now - grace)
+    if lifecycle is not None:
+        report.announced = lifecycle.sweep()
     return report
+
+
+class CollectorThread:
+    """Collections every ``interval`` seconds on a daemon thread of this process.
+
+    For the endpoint mounted in an app (extension.py), where no ``resumable
+    serve`` runs a collector process beside the workers. Started on the
+    endpoint's first request, so it lives in the serving process, not in a
+    server's master before it forks. Every process runs one: collections are
+    safe side by side (see above), and each process finds little once one
+    has passed.
+    """
+
+    def __init__(self, collect_once: Callable[[], Report], interval: float):
+        self.collect_once = collect_once
+        self.interval = interval
+        self.started_in = 0  # the pid it runs in: a fork needs its own
+        self.lock = threading.Lock()
+
+    def ensure_started(self) -> None:
+        if self.started_in == os.getpid():
+            return
+        with self.lock:
+            if self.started_in == os.getpid():
+                return
+            self.started_in = os.getpid()
+            threading.Thread(target=self._run, name="resumable-gc", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            try:
+                report = self.collect_once()
+                if report.expired or report.leftovers:
+                    log.info("%s", report)
+            except Exception as error:  # noqa: BLE001 - the loop must outlive one failed round
+                log.warning("garbage collection failed: %s", error)

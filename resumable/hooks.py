@@ -23,18 +23,25 @@ from typing import Any
 Authorizer = Callable[[str, "str | None", Any], "bool | None"]
 
 
+def import_object(spec: str, setting: str, kind: str = "function") -> Any:
+    """The object ``package.module:name`` names; ValueError naming ``setting`` otherwise."""
+    module_name, colon, attribute = spec.partition(":")
+    if not colon or not module_name or not attribute:
+        raise ValueError(f"{setting} must look like 'package.module:{kind}', not {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"{setting} module {module_name!r} cannot be imported: {error}") from None
+    if not hasattr(module, attribute):
+        raise ValueError(f"{setting} {spec!r}: {module_name} has no {attribute!r}")
+    return getattr(module, attribute)
+
+
 def load_authorizer(spec: str | None) -> Authorizer | None:
     """Import ``module:function``; None when no hook is configured."""
     if not spec:
         return None
-    module_name, colon, attribute = spec.partition(":")
-    if not colon or not module_name or not attribute:
-        raise ValueError(f"auth_hook must look like 'package.module:function', not {spec!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"auth_hook module {module_name!r} cannot be imported: {error}") from None
-    function = getattr(module, attribute, None)
+    function = import_object(spec, "auth_hook")
     if not callable(function):
         raise ValueError(f"auth_hook {spec!r} is not a function")
     return function

@@ -35,6 +35,7 @@ EXPOSED_HEADERS = (
     "Tus-Max-Size",
     "Tus-Checksum-Algorithm",
     "Retry-After",
+    "X-Request-ID",
 )
 
 #: Request headers a browser client may send (CORS preflight answer).
@@ -241,6 +242,20 @@ def parse_metadata(raw: str | None) -> dict[str, bytes]:
         except (binascii.Error, ValueError):
             raise BadRequest(f"Upload-Metadata value of {key!r} is not valid base64") from None
     return result
+
+
+def encode_metadata(values: Mapping[str, str]) -> str | None:
+    """Upload-Metadata for ``values`` (a hook's new metadata); None when empty.
+
+    ValueError for a key the header cannot carry (empty, a space or a comma).
+    """
+    pairs = []
+    for key, value in values.items():
+        if not _METADATA_KEY.fullmatch(key):
+            raise ValueError(f"metadata key {key!r} cannot be sent in Upload-Metadata")
+        encoded = base64.b64encode(value.encode()).decode()
+        pairs.append(f"{key} {encoded}" if encoded else key)
+    return ",".join(pairs) or None
 
 
 def format_http_date(timestamp: float) -> str:

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .files import make_private_dir, open_nofollow, remove_unknown, write_all
+from .files import make_private_dir, open_nofollow, remove_unknown, writable_problem, write_all
 from .protocol import BadRequest, is_valid_upload_id, parse_metadata
 from .records import UploadRecord
 from .store import Store, StoredAhead, StoredData, StoreUnavailable, UploadWriter
@@ -421,6 +421,21 @@ class S3Store(Store):
             if name.endswith(".info") and is_valid_upload_id(name[:-5]):
                 ids.append(name[:-5])
         return iter(ids)
+
+    def storage_info(self, upload_id: str) -> dict[str, str]:
+        return {"Type": "s3store", "Bucket": self.bucket, "Key": self.prefix + upload_id}
+
+    def problem(self) -> str | None:
+        reason = writable_problem(self.spool_dir)
+        if reason is not None:
+            return f"{self.spool_dir} is not writable: {reason}"
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except (BotoCoreError, ClientError) as error:
+            return f"bucket {self.bucket!r}: {error}"
+        return None
 
     @_neutral
     def remove_leftovers(self, older_than: float) -> int:

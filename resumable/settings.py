@@ -22,6 +22,17 @@ MiB = 1024 * 1024
 WORKER_CLASSES = ("gthread", "sync", "gevent", "eventlet")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 SWITCHES = ("auto", "on", "off")
+LOG_FORMATS = ("text", "json")
+#: Lifecycle events, in the order an upload meets them.
+HOOK_EVENTS = (
+    "pre-create",
+    "post-create",
+    "post-receive",
+    "pre-finish",
+    "post-finish",
+    "pre-terminate",
+    "post-terminate",
+)
 
 
 def _setting(default: Any, help: str, **extra: Any) -> Any:
@@ -132,8 +143,47 @@ class Settings:
         "nginx drop request trailers, so a client's digest would never arrive)",
     )
     cors_origins: str = _setting("*", "origins allowed by CORS, comma separated, or *")
+    cors_allow_headers: str = _setting(
+        "", "request headers browsers may send besides tus's own, comma separated (X-Api-Key)"
+    )
+    cors_expose_headers: str = _setting(
+        "", "response headers browsers may read besides tus's own, comma separated"
+    )
+    cors_max_age: int = _setting(86400, "seconds a browser may cache a CORS preflight's answer")
     auth_hook: str | None = _setting(
         None, "access-control hook 'package.module:function' asked before every request"
+    )
+    hooks: str | None = _setting(
+        None,
+        "lifecycle hooks 'package.module:object': an object whose methods (or a mapping whose "
+        "entries) are named after events, pre_create ... post_terminate",
+    )
+    hooks_http: str | None = _setting(
+        None, "URL that receives lifecycle hooks as POSTs in tusd's HTTP hook format"
+    )
+    hooks_enabled_events: str = _setting(
+        ",".join(HOOK_EVENTS), "events sent to --hooks-http, comma separated"
+    )
+    hooks_http_timeout: float = _setting(10.0, "seconds an HTTP hook may take to answer")
+    hooks_http_retries: int = _setting(
+        3, "retries of a failed HTTP hook (post-hooks retry in the background, pre-hooks at once)"
+    )
+    hooks_http_backoff: float = _setting(
+        1.0, "seconds before the first retry of a failed HTTP hook, doubled for each next one"
+    )
+    progress_interval: float = _setting(
+        1.0, "least seconds between two post-receive events of one upload"
+    )
+    metrics_path: str = _setting(
+        "/metrics", "URL path of the Prometheus metrics, outside the tus base path; empty: none"
+    )
+    health: bool = _setting(True, "answer /healthz (serving) and /readyz (Redis and storage)")
+    access_log: bool = _setting(True, "log one line per request")
+    log_format: str = _setting("text", "request log lines as text or json")
+    shutdown_timeout: float = _setting(
+        10.0,
+        "seconds running requests get to finish on SIGTERM or a graceful reload; running "
+        "PATCHes stop reading, keep what came, and answer",
     )
     demo: bool = _setting(False, "serve a demo upload page with a live status table at /")
     log_level: str = _setting("info", "gunicorn log level")
@@ -198,6 +248,24 @@ class Settings:
                 self.checksum_trailer in SWITCHES,
                 f"checksum_trailer must be one of {', '.join(SWITCHES)}",
             ),
+            (self.log_format in LOG_FORMATS, f"log_format must be one of {', '.join(LOG_FORMATS)}"),
+            (
+                not set(self.enabled_hook_events) - set(HOOK_EVENTS),
+                f"hooks_enabled_events must name events among {', '.join(HOOK_EVENTS)}",
+            ),
+            (
+                self.hooks_http_timeout > 0
+                and self.hooks_http_retries >= 0
+                and self.hooks_http_backoff >= 0,
+                "hooks_http_timeout must be positive, hooks_http_retries and backoff >= 0",
+            ),
+            (self.progress_interval > 0, "progress_interval must be positive"),
+            (self.shutdown_timeout > 0, "shutdown_timeout must be positive"),
+            (self.cors_max_age >= 0, "cors_max_age must be 0 or more"),
+            (
+                not self.metrics_path or self.metrics_path.startswith("/"),
+                "metrics_path must start with / (or be empty: no metrics)",
+            ),
             (
                 self.log_level.lower() in LOG_LEVELS,
                 f"log_level must be one of {', '.join(LOG_LEVELS)}",
@@ -248,10 +316,45 @@ class Settings:
 
     @property
     def allowed_origins(self) -> tuple[str, ...]:
-        return tuple(o.strip() for o in self.cors_origins.split(",") if o.strip())
+        return _items(self.cors_origins)
+
+    @property
+    def enabled_hook_events(self) -> tuple[str, ...]:
+        return _items(self.hooks_enabled_events)
+
+    @property
+    def cors_extra_allowed(self) -> tuple[str, ...]:
+        return _items(self.cors_allow_headers)
+
+    @property
+    def cors_extra_exposed(self) -> tuple[str, ...]:
+        return _items(self.cors_expose_headers)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_config(
+        cls, config: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
+    ) -> Settings:
+        """Defaults, ``RESUMABLE_*`` variables, then a Flask app's ``RESUMABLE_*`` config keys
+        (text, as from ``app.config.from_prefixed_env``, or typed values), then ``overrides``."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = ENV_PREFIX + f.name.upper()
+            if key not in config:
+                continue
+            value = config[key]
+            if isinstance(value, str) and field_type(f) is not str:
+                try:
+                    value = convert(f, value)
+                except ValueError:
+                    raise ValueError(f"{key}={value!r} is not a valid {f.name}") from None
+            values[f.name] = value
+        values.update(
+            {name: value for name, value in (overrides or {}).items() if value is not None}
+        )
+        return cls.load(values)
 
     @classmethod
     def load(
@@ -269,6 +372,11 @@ class Settings:
                 except ValueError:
                     raise ValueError(f"{variable}={raw!r} is not a valid {f.name}") from None
         return cls(**values)
+
+
+def _items(text: str) -> tuple[str, ...]:
+    """A comma-separated setting as its non-empty items."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
 def convert(f: dataclasses.Field, raw: str) -> Any:

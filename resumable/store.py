@@ -177,6 +177,14 @@ class Store(ABC):
     def remove_leftovers(self, older_than: float) -> int:
         """Remove what crashes left behind before ``older_than``: how many pieces."""
 
+    def storage_info(self, upload_id: str) -> dict[str, str]:
+        """Where the upload's bytes are, for hook receivers (tusd's ``Storage``)."""
+        return {}
+
+    @abstractmethod
+    def problem(self) -> str | None:
+        """Why uploads cannot be stored now (for /readyz), or None."""
+
 
 def make_store(settings: Settings) -> Store:
     """The S3 store when a bucket is configured, else the file store in the data directory."""

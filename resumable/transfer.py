@@ -2,13 +2,14 @@
 
 This is the one loop every byte goes through: read a slice of the body into
 a reused buffer, check the lease is still ours (a clock comparison), write
-the slice, feed the checksum. Nothing else happens per slice but two
-comparisons (a clock against the next deadline, a flag for the doorbell).
+the slice, feed the checksum. Nothing else happens per slice but three
+comparisons (a clock against the next deadline, a flag for the doorbell, a
+flag for the process's stop).
 The offset is committed when ``commit_bytes`` arrived or ``commit_seconds``
 passed with bytes to commit; the lease is renewed every ``lease.interval``
 (Redis only); release requests are read when the doorbell rings. While no
-byte arrives the thread sleeps until the next of these deadlines or a ring:
-an idle upload costs nothing between them.
+byte arrives the thread sleeps until the next of these deadlines, a ring, or
+the process's stop (stopping.py): an idle upload costs nothing between them.
 
 A body must keep moving: it is cut (``408``, bytes kept) when no byte comes
 for ``--read-timeout`` seconds, and when a window of that many seconds
@@ -16,7 +17,7 @@ brings fewer than ``--min-body-rate`` bytes per second on average, so a
 client trickling a byte now and then cannot hold a thread for ever.
 
 How a body ends decides what is kept (docs/architecture.md, invariants 1, 4, 5).
-In code the early endings are ``_ENDINGS``, one row each; the first two rows
+In code the early endings are ``_ENDINGS``, one row each; the first three rows
 are settled where ``_Run.stream`` finds them:
 
 ========================  ==============================  ==========
@@ -24,6 +25,7 @@ ending                    bytes kept                      answer
 ========================  ==============================  ==========
 body complete             all (checksum must match)       204 / 460
 more than the length      up to the length                413
+process stopping          all received                    204
 client gone / stalled     all received                    400 / 408
 newer request took over   all received                    423
 lease lost                only what was committed before  423
@@ -40,6 +42,7 @@ back from the file, which the page cache still holds.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import math
@@ -52,8 +55,10 @@ from dataclasses import dataclass
 
 from .body import ClientDisconnected, MalformedBody, RequestBody, open_body
 from .checksum import Checksum, parse_checksum
+from .events import POST_RECEIVE, HookAnswer
 from .expiry import ExpiryPolicy
 from .files import is_disk_full
+from .lifecycle import Lifecycle, refusal
 from .protocol import (
     BadRequest,
     ChecksumMismatch,
@@ -66,11 +71,23 @@ from .protocol import (
 from .records import UploadRecord
 from .registry import Lease, LeaseLost, Mailbox, Registry
 from .settings import Settings
+from .stopping import this_process
 from .store import Store, StoredAhead, UploadWriter
+
+#: Bytes of the request's body this request stored, in its WSGI environ (request log, metrics).
+BYTES_RECEIVED = "resumable.bytes_received"
 
 
 class _HandOver(Exception):
     """A newer request asked for the lock."""
+
+
+class _Stopping(Exception):
+    """The process is stopping (stopping.py): the body ends where it is."""
+
+
+class _StoppedByHook(Exception):
+    """A post-receive receiver stopped the upload (lifecycle.py)."""
 
 
 @dataclass(frozen=True)
@@ -188,6 +205,7 @@ class Appender:
     store: Store
     pool: BufferPool
     expiry: ExpiryPolicy
+    lifecycle: Lifecycle | None = None
 
     def append(
         self,
@@ -203,9 +221,12 @@ class Appender:
         ``limit`` is how many bytes this request may add (None: no bound).
         Raises a TusError after keeping what the table above says.
         """
-        run = _Run(self, lease, record, checksum, trailer_checksum)
+        run = _Run(self, lease, record, checksum, trailer_checksum, environ)
         body = open_body(environ, run)
-        return run.stream(body, limit)
+        try:
+            return run.stream(body, limit)
+        finally:
+            environ[BYTES_RECEIVED] = environ.get(BYTES_RECEIVED, 0) + run.written
 
 
 class _Run:
@@ -222,8 +243,16 @@ class _Run:
         record: UploadRecord,
         checksum: Checksum | None,
         trailer_checksum: bool,
+        environ: dict,
     ):
         self.settings = appender.settings
+        self.environ = environ
+        #: Told of progress and of the finish, when receivers want them.
+        self.lifecycle = appender.lifecycle
+        reports = self.lifecycle is not None and self.lifecycle.wants(POST_RECEIVE)
+        self.progress_interval = self.settings.progress_interval if reports else math.inf
+        #: A receiver's answer that stopped the upload (set from a delivery thread).
+        self.stopped_by: HookAnswer | None = None
         self.registry = appender.registry
         self.store = appender.store
         self.pool = appender.pool
@@ -236,6 +265,7 @@ class _Run:
         self.staged = checksum is not None or trailer_checksum
         self.start = record.offset
         self.written = 0
+        self.reported = 0  # ``written`` at the last post-receive
         now = time.monotonic()
         self.last_data = now
         #: The current --min-body-rate window: when it ends, and ``written`` at its start.
@@ -244,9 +274,11 @@ class _Run:
         self.window_minimum = self.settings.min_body_rate * self.settings.read_timeout
         self.committed = 0
         self.wakeup = lease.wakeup
+        self.stopping = this_process()
         self.next_renewal = now + lease.interval
         #: When bytes that arrived by then are committed (not while staged).
         self.commit_due = math.inf if self.staged else now + self._commit_interval()
+        self.next_progress = now + self.progress_interval
         self.next_check = now  # the nearest deadline the copy loop must see (_schedule)
         self._schedule()
         self.writer: UploadWriter | None = None
@@ -262,7 +294,19 @@ class _Run:
             self.writer.keepalive = self._keep_lease
             if self.trailer_checksum:
                 self.writer.hold()
-            overflow = self._loop(body, view, limit)
+            try:
+                overflow = self._loop(body, view, limit)
+            except _Stopping:
+                declared = body.declared_length
+                if declared is None or self.written < declared:
+                    return self._stopped()
+                overflow = False  # the stop came with the body's last byte: end as usual
+            except _StoppedByHook:
+                self._stopped()
+                assert self.stopped_by is not None
+                stopped = refusal(POST_RECEIVE, self.stopped_by)
+                stopped.headers.update(self._offset_header())
+                raise stopped from None
             if overflow:
                 drain = True
                 self._keep_or_discard()
@@ -316,6 +360,7 @@ class _Run:
         checksum = self.checksum
         commit_every = None if self.staged else self.settings.commit_bytes
         wakeup = self.wakeup
+        stopping = self.stopping
         room = limit
         size = len(view)
         while True:
@@ -342,7 +387,7 @@ class _Run:
                 return True
             now = time.monotonic()
             self.last_data = now
-            if now >= self.next_check or wakeup.rung:
+            if now >= self.next_check or wakeup.rung or stopping.is_set:
                 self._heartbeat(now)
 
     def _splice_loop(
@@ -357,6 +402,7 @@ class _Run:
         lease = self.lease
         commit_every = self.settings.commit_bytes
         wakeup = self.wakeup
+        stopping = self.stopping
         # Room is reserved ahead of the bytes (writer.reserve), never
         # beyond the declared body, in steps as large as what this request has
         # already written (from 1 MiB up to PREALLOCATE_BYTES), so the reservation
@@ -382,7 +428,7 @@ class _Run:
                 self._commit()
             now = time.monotonic()
             self.last_data = now
-            if now >= self.next_check or wakeup.rung:
+            if now >= self.next_check or wakeup.rung or stopping.is_set:
                 self._heartbeat(now)
 
     # -- timers ------------------------------------------------------------------
@@ -396,6 +442,10 @@ class _Run:
     @property
     def wake_fd(self) -> int:
         return self.wakeup.fd
+
+    @property
+    def stop_fd(self) -> int:
+        return self.stopping.fd
 
     def next_wait(self) -> float:
         """Seconds the body reader may sleep without a byte: to the nearest deadline.
@@ -415,8 +465,11 @@ class _Run:
             self._stalled()
 
     def _schedule(self) -> None:
-        """The nearest deadline the copy loop checks: renewal, the rate window, a commit."""
-        self.next_check = min(self.next_renewal, self.window_end, self.commit_due)
+        """The nearest deadline the copy loop checks: renewal, the rate window, a commit,
+        a progress report."""
+        self.next_check = min(
+            self.next_renewal, self.window_end, self.commit_due, self.next_progress
+        )
 
     def _stalled(self) -> None:
         raise RequestTimeout(
@@ -424,7 +477,13 @@ class _Run:
         )
 
     def _heartbeat(self, now: float) -> None:
-        """Whatever is due or asked: the rate check, renewal and requests, a commit."""
+        """Whatever is due or asked: the stop, the rate check, renewal and requests, a commit."""
+        if self.stopping.is_set:
+            raise _Stopping()
+        if self.stopped_by is not None:
+            raise _StoppedByHook()
+        if now >= self.next_progress:
+            self._report_progress(now)
         if now >= self.window_end:
             self._check_rate(now)
         state = self._renew(now, asked=self.wakeup.answer())
@@ -438,6 +497,23 @@ class _Run:
         if state is Mailbox.SOFT_RELEASE:
             self.lease.acknowledge()
         self._schedule()
+
+    def _report_progress(self, now: float) -> None:
+        """post-receive, when bytes came since the last one; its answer may stop us."""
+        self.next_progress = now + self.progress_interval
+        if self.written == self.reported or self.lifecycle is None:
+            return
+        self.reported = self.written
+        received = dataclasses.replace(self.record, offset=self.start + self.written)
+        event_id = f"{self.record.id}.post-receive.{received.offset}"
+        self.lifecycle.tell(POST_RECEIVE, received, self.environ, event_id, self._answered)
+
+    def _answered(self, answer: HookAnswer) -> None:
+        """A post-receive answer (on a delivery thread): stop at the loop's next look."""
+        if answer.stop_upload:
+            self.stopped_by = answer
+            self.next_check = 0.0
+            self.wakeup.ring()
 
     def _renew(self, now: float, asked: bool = False) -> Mailbox:
         """Renew the lease when due (or when a release request rang): the mailbox's state.
@@ -482,7 +558,11 @@ class _Run:
             return self.store.open_writer(self.record.id, self.start)
         except StoredAhead as ahead:
             self.record.offset = ahead.offset
-            self.registry.save(self.lease, self.record)
+            self.expiry.stamp(self.record, time.time())
+            # The store completed the upload before a crash took the commit: the
+            # finish is announced now (its ledger entry may have been dropped since).
+            with self._finishing_commit(self.record, self.record.is_complete):
+                self.registry.save(self.lease, self.record)
             raise OffsetConflict(
                 f"the upload's offset is {ahead.offset}", self._offset_header()
             ) from None
@@ -490,23 +570,51 @@ class _Run:
     def _commit(self) -> None:
         offset = self.start + self.written
         now = time.time()
-        if self.written > self.committed:
-            if not self.lease.is_valid():
-                # A store's own record (S3's) is written by settle: never by a
-                # holder that may have been replaced.
-                raise LeaseLost(self.record.id)
-            # The record as the registry will save it, so a store that keeps
-            # it with the bytes (S3) need not write it twice.
-            settled = dataclasses.replace(self.record, offset=offset)
-            self.expiry.stamp(settled, now)
-            self._writer().settle(settled)
-        self.record.offset = offset
-        self.expiry.stamp(self.record, now)
-        self.registry.save(self.lease, self.record)
+        # The record as the registry will save it, so a store that keeps it
+        # with the bytes (S3) need not write it twice.
+        settled = dataclasses.replace(self.record, offset=offset)
+        self.expiry.stamp(settled, now)
+        # A refused or failed pre-finish leaves the upload's last bytes unacknowledged.
+        finishes = settled.is_complete and self.record.offset < offset
+        with self._finishing_commit(settled, finishes):
+            if self.written > self.committed:
+                if not self.lease.is_valid():
+                    # A store's own record (S3's) is written by settle: never by a
+                    # holder that may have been replaced.
+                    raise LeaseLost(self.record.id)
+                self._writer().settle(settled)
+            self.record.offset = offset
+            self.expiry.stamp(self.record, now)
+            self.registry.save(self.lease, self.record)
         self.committed = self.written
         if not self.staged:
             self.commit_due = time.monotonic() + self._commit_interval()
         self._schedule()
+
+    def _finishing_commit(
+        self, record: UploadRecord, finishes: bool
+    ) -> contextlib.AbstractContextManager[None]:
+        """Around the commit that finishes the upload: its lifecycle events (lifecycle.py)."""
+        if self.lifecycle is None or not finishes:
+            return contextlib.nullcontext()
+        return self.lifecycle.finishing_commit(record, self.environ)
+
+    def _stopped(self) -> UploadRecord:
+        """The process stops: the body ends here, cut short, and what arrived is kept.
+
+        Every byte read from the socket was written before the stop was
+        seen, so committing now stores and acknowledges all of them. The
+        answer is a success with the offset reached (204, or 201 for a
+        creation): the client resumes from it, on another server or after
+        the restart. The rest of the body stays unread, so the answer says
+        ``Connection: close`` (``body.release``). A lease lost meanwhile
+        answers 423 like any other; with a digest due nothing is kept.
+        """
+        if self.staged:
+            self._discard()
+        elif self.written > self.committed:
+            self._commit()
+        return self.record
 
     def _discard(self) -> None:
         """Drop this request's bytes: the offset stays where it was."""

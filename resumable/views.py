@@ -9,18 +9,33 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from flask import Blueprint, Response, current_app, request
+from werkzeug.exceptions import MethodNotAllowed
 
 from .checksum import ALGORITHMS, Checksum, parse_checksum
 from .concat import BackgroundJoins, Concatenator, final_length, parse_final
+from .cors import apply_cors
 from .download import download_response
 from .expiry import ExpiryPolicy
+from .forwarded import PublicView, public_view
+from .gc import CollectorThread
 from .hooks import Authorizer
+from .lifecycle import (
+    POST_CREATE,
+    POST_TERMINATE,
+    PRE_CREATE,
+    PRE_FINISH,
+    PRE_TERMINATE,
+    HookRefused,
+    HookUnavailable,
+    Lifecycle,
+)
 from .protocol import (
     TUS_VERSION,
     BadRequest,
@@ -33,6 +48,7 @@ from .protocol import (
     TusError,
     UnsupportedMediaType,
     check_version,
+    encode_metadata,
     is_offset_stream,
     is_valid_upload_id,
     new_upload_id,
@@ -41,6 +57,8 @@ from .protocol import (
 )
 from .records import UploadRecord
 from .registry import Lease, LeaseLost, Registry
+from .registry.base import BirthLease
+from .responses import register_error_handlers
 from .settings import Settings
 from .store import Store
 from .transfer import Appender
@@ -71,7 +89,19 @@ def extensions(settings: Settings) -> list[str]:
 
 
 blueprint = Blueprint("tus", __name__)
+register_error_handlers(blueprint)
 log = logging.getLogger("resumable")
+
+#: Methods the endpoint answers at its root and at an upload's URL (405 lists them).
+ROOT_METHODS = ("POST", "OPTIONS")
+UPLOAD_METHODS = ("GET", "HEAD", "PATCH", "DELETE", "OPTIONS")
+#: Every other method, routed to a 405 of the endpoint's own (an unknown method
+#: would otherwise reach the mounting app's 405 page).
+OTHER_METHODS = ("PUT", "TRACE", "CONNECT", "PROPFIND", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK")
+_OVERRIDE = re.compile(r"[A-Za-z]{1,16}")
+PUBLIC_VIEW = "resumable.public_view"
+#: The upload a request concerns (set for creations too), for the request log and metrics.
+UPLOAD_ID = "resumable.upload_id"
 
 
 @dataclass
@@ -85,7 +115,10 @@ class Services:
     concatenator: Concatenator
     joins: BackgroundJoins
     expiry: ExpiryPolicy
+    lifecycle: Lifecycle
     authorizer: Authorizer | None = None
+    #: Periodic garbage collection in this process (gc.CollectorThread), if it runs one.
+    collector: CollectorThread | None = None
 
 
 def services() -> Services:
@@ -100,8 +133,89 @@ def services() -> Services:
 @blueprint.before_request
 def require_tus_version() -> None:
     """Tus-Resumable on every request but OPTIONS and GET (browsers download)."""
+    upload_id = (request.view_args or {}).get("upload_id")
+    if upload_id is not None:
+        request.environ[UPLOAD_ID] = upload_id  # for the request log and metrics
+    services().lifecycle.start_sweeper()
     if request.method not in ("OPTIONS", "GET"):
         check_version(request.headers.get("Tus-Resumable"))
+
+
+@blueprint.after_request
+def tus_headers(response: Response) -> Response:
+    """Every answer of the endpoint, errors included, names the protocol and passes CORS."""
+    response.headers["Tus-Resumable"] = TUS_VERSION
+    apply_cors(request, response, services().settings)
+    return response
+
+
+def public() -> PublicView:
+    """Scheme, host, prefix and client address as the client used them (see forwarded.py)."""
+    view = request.environ.get(PUBLIC_VIEW)
+    if view is None:
+        view = public_view(request.environ, services().settings.trust_proxy)
+        request.environ[PUBLIC_VIEW] = view
+    return view
+
+
+# --------------------------------------------------------------------------
+# Method override and methods the endpoint does not answer
+# --------------------------------------------------------------------------
+
+
+def _overridden_method() -> str | None:
+    """``POST`` + ``X-HTTP-Method-Override: PATCH`` is a PATCH (tus core).
+
+    Only POST may be overridden, as tusd does: a GET or HEAD that turned into
+    a DELETE could be triggered by a link or a prefetch.
+    """
+    value = request.headers.get("X-HTTP-Method-Override")
+    if request.method == "POST" and value and _OVERRIDE.fullmatch(value):
+        method = value.upper()
+        return None if method == "POST" else method
+    return None
+
+
+def _serve_as(method: str, upload_id: str | None) -> Response:
+    """Answer the request as if it had been sent with ``method``."""
+    request.environ["resumable.original_method"] = request.method
+    request.environ["REQUEST_METHOD"] = method
+    request.method = method
+    if upload_id is None:
+        if method == "OPTIONS":
+            return options()
+        raise MethodNotAllowed(valid_methods=ROOT_METHODS)
+    views = {"GET": read, "HEAD": read, "PATCH": patch, "DELETE": delete, "OPTIONS": options}
+    view = views.get(method)
+    if view is None:
+        raise MethodNotAllowed(valid_methods=UPLOAD_METHODS)
+    return view(upload_id)
+
+
+@blueprint.route(
+    "/<upload_id>", methods=["POST", *OTHER_METHODS], provide_automatic_options=False
+)
+def other_method(upload_id: str) -> Response:
+    """POST with an override, and the methods an upload's URL does not take."""
+    method = _overridden_method()
+    if method is None:
+        raise MethodNotAllowed(valid_methods=UPLOAD_METHODS)
+    return _serve_as(method, upload_id)
+
+
+@blueprint.route(
+    "/", methods=list(OTHER_METHODS), strict_slashes=False, provide_automatic_options=False
+)
+def other_root_method() -> Response:
+    raise MethodNotAllowed(valid_methods=ROOT_METHODS)
+
+
+@blueprint.route(
+    "/<path:_path>", methods=["GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS", *OTHER_METHODS]
+)
+def nowhere(_path: str) -> Response:
+    """Deeper paths under the endpoint: its own 404, not the mounting app's page."""
+    raise NotFound("no such upload")
 
 
 # --------------------------------------------------------------------------
@@ -129,6 +243,9 @@ def options(_upload_id: str | None = None) -> Response:
 
 @blueprint.route("/", methods=["POST"], strict_slashes=False)
 def create() -> Response:
+    method = _overridden_method()
+    if method is not None:
+        return _serve_as(method, None)
     svc = services()
     settings = svc.settings
     _authorize("create", None)
@@ -160,15 +277,31 @@ def create() -> Response:
         created=time.time(),
     )
     svc.expiry.stamp(record, record.created)
+    hook_headers = _ask_pre_create(record)
     location = upload_url(record.id)
-    headers = {"Location": location}
+    headers = {**hook_headers, "Location": location}
     if has_body:
         record = _create_with_data(record, location, checksum, trailer)
         headers["Upload-Offset"] = str(record.offset)
-    else:
-        svc.registry.create(record)
+    else:  # an empty upload is finished as it is created
+        with svc.lifecycle.finishing_commit(record, request.environ, record.is_complete):
+            svc.registry.create(record)
+    svc.lifecycle.tell(POST_CREATE, record, request.environ, f"{record.id}.post-create")
     headers.update(svc.expiry.header(record))
     return _empty(201, headers=headers)
+
+
+def _ask_pre_create(record: UploadRecord) -> dict[str, str]:
+    """The pre-create hooks: they may refuse, or replace the metadata; their headers."""
+    request.environ[UPLOAD_ID] = record.id
+    answer = services().lifecycle.ask(PRE_CREATE, record, request.environ)
+    if answer.metadata is not None:
+        try:
+            record.metadata = encode_metadata(answer.metadata)
+        except ValueError as error:
+            log.warning("pre-create hook answered metadata that cannot be kept: %s", error)
+            raise HookUnavailable("the pre-create hook answered unusable metadata") from None
+    return answer.headers
 
 
 def _create_with_data(
@@ -179,11 +312,18 @@ def _create_with_data(
     lease = registry.conceive(record)
     try:
         record = _append(lease, record, checksum, trailer)
-    except TusError as error:
-        if not lease.born:
-            registry.save(lease, record)  # the answer names it: make it exist
-        error.headers.setdefault("Location", location)
+    except HookRefused as refused:
+        if refused.event_type != PRE_FINISH:
+            raise _located(refused, lease, record, location) from None
+        if lease.born:  # earlier commits published it: delete it like a DELETE
+            lease.release()
+            with _locked(record.id) as (held, stored):
+                registry.forget(held, stored)
+        else:
+            registry.abandon(lease)
         raise
+    except TusError as error:
+        raise _located(error, lease, record, location) from None
     except BaseException:
         registry.abandon(lease)
         raise
@@ -192,6 +332,14 @@ def _create_with_data(
     if not lease.born:
         registry.save(lease, record)
     return record
+
+
+def _located(error: TusError, lease: BirthLease, record: UploadRecord, location: str) -> TusError:
+    """A creation that ends early still created the upload: the answer names it."""
+    if not lease.born:
+        services().registry.save(lease, record)
+    error.headers.setdefault("Location", location)
+    return error
 
 
 def _create_final(concat: str) -> Response:
@@ -222,7 +370,9 @@ def _create_final(concat: str) -> Response:
         created=time.time(),
     )
     svc.expiry.stamp(record, record.created)
+    hook_headers = _ask_pre_create(record)
     svc.registry.create(record)
+    svc.lifecycle.tell(POST_CREATE, record, request.environ, f"{record.id}.post-create")
     svc.registry.add_waiting(record.id, part_ids)
     _forget_if_a_part_vanished(record)
     try:
@@ -231,7 +381,7 @@ def _create_final(concat: str) -> Response:
         # The final exists and HEAD or GET will join it again; the client
         # must learn its URL either way.
         log.warning("joining final upload %s failed for now: %s", record.id, error)
-    return _empty(201, headers={"Location": upload_url(record.id)})
+    return _empty(201, headers={**hook_headers, "Location": upload_url(record.id)})
 
 
 def _forget_if_a_part_vanished(final: UploadRecord) -> None:
@@ -355,7 +505,12 @@ def patch(upload_id: str) -> Response:
                 )
             if new_length is not None:
                 _declare_length(lease, record, new_length)
-            record = _append(lease, record, checksum, trailer)
+            try:
+                record = _append(lease, record, checksum, trailer)
+            except HookRefused as refused:
+                if refused.event_type == PRE_FINISH:
+                    services().registry.forget(lease, record)  # a refused finish deletes it
+                raise
     except TusError:
         # An ending such as 413 may still have committed a partial's last byte.
         with contextlib.suppress(Exception):
@@ -436,8 +591,11 @@ def delete(upload_id: str) -> Response:
     _require_known_id(upload_id)
     _authorize("delete", upload_id)
     _load(upload_id)
+    lifecycle = services().lifecycle
     with _locked(upload_id) as (lease, record):
+        lifecycle.ask(PRE_TERMINATE, record, request.environ)
         services().registry.forget(lease, record)
+    lifecycle.tell(POST_TERMINATE, record, request.environ, f"{upload_id}.post-terminate")
     return _empty(204)
 
 
@@ -478,7 +636,7 @@ def _load(upload_id: str) -> UploadRecord:
     record = services().registry.get(upload_id)
     if record is None:
         raise NotFound("no such upload")
-    if services().expiry.is_expired(record, time.time()):
+    if services().expiry.is_expired(record, time.time(), services().registry.finish_owed):
         if record.is_complete:
             raise Gone("upload expired: finished uploads are kept for a limited time here")
         raise Gone("upload expired before it was finished")
@@ -514,4 +672,5 @@ def _is_chunked() -> bool:
 def upload_url(upload_id: str) -> str:
     """Absolute URL of an upload as the client reached us (proxy-aware when trusted)."""
     base = services().settings.base_path
-    return f"{request.scheme}://{request.host}{request.script_root}{base}{upload_id}"
+    view = public()
+    return f"{view.scheme}://{view.host}{view.script_root}{base}{upload_id}"

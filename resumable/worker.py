@@ -25,6 +25,18 @@ still sends (so the answer is not cut by a reset). The main thread is the
 one that accepts and dispatches every connection: a dozen slow clients
 answered with an error then stalled the whole worker for half a minute.
 Those closes run on a small pool of their own here.
+
+On SIGTERM (a stop, or this worker's turn in a graceful reload) gunicorn stops
+accepting and gives its connections ``--shutdown-timeout`` seconds; a running
+PATCH would use all of it and then be killed. The exit signal also begins the
+process's stop (stopping.py), which ends every running transfer's body at
+once: it commits what arrived and answers, and the worker exits as soon as the
+answers are out. SIGQUIT and SIGINT (a quick stop) and the loss of the master
+do the same. A stopping worker also closes its copies of the listening
+sockets, so that once the master has closed its own a new connection is
+refused (and tried elsewhere) instead of waiting in the backlog for a reset;
+and a connection still sending its request head (or nothing yet) gets
+:data:`STOP_HEAD_GRACE` seconds more at most, as gunicorn gives kept-alive ones.
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import itertools
+import math
 import os
 import select
 import socket
@@ -43,6 +56,7 @@ from concurrent import futures
 
 from gunicorn.workers.gthread import ThreadWorker
 
+from . import stopping
 from .body import serving
 from .settings import Settings
 
@@ -52,6 +66,8 @@ CLOSING_THREADS = 8
 #: next request itself before handing the connection back to the main
 #: thread's poller (see :func:`_next_request_soon`).
 NEXT_REQUEST_WAIT = 0.02
+#: Seconds a stopping worker still gives a connection to send its request head.
+STOP_HEAD_GRACE = 2.0
 
 HEADER_TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\n"
@@ -73,6 +89,8 @@ class HeaderDeadlines:
 
     def __init__(self, timeout: float):
         self.timeout = timeout
+        #: No deadline lies beyond this (set when the worker stops, see :meth:`hasten`).
+        self.latest = math.inf
         self.armed: OrderedDict[int, tuple[float, socket.socket]] = OrderedDict()
         self.changed = threading.Condition()
         self.tokens = itertools.count()
@@ -86,10 +104,22 @@ class HeaderDeadlines:
         token = next(self.tokens)
         with self.changed:
             was_empty = not self.armed
-            self.armed[token] = (time.monotonic() + self.timeout, sock)
+            self.armed[token] = (min(time.monotonic() + self.timeout, self.latest), sock)
             if was_empty:
                 self.changed.notify()
         return token
+
+    def hasten(self, latest: float) -> None:
+        """No deadline, armed or to come, later than ``latest``: the worker is stopping.
+
+        Every deadline capped at one instant keeps them in order.
+        """
+        with self.changed:
+            self.latest = min(self.latest, latest)
+            for token in list(self.armed):
+                deadline, sock = self.armed[token]
+                self.armed[token] = (min(deadline, self.latest), sock)
+            self.changed.notify()
 
     def disarm(self, token: int) -> bool:
         """Stop watching; False when the watchdog already cut the connection."""
@@ -178,15 +208,46 @@ class ResumableThreadWorker(ThreadWorker):
         self.busy_threads = 0
         super().init_process()
 
+    def begin_stop(self) -> None:
+        """Running transfers end their bodies and answer; heads get a short grace."""
+        stopping.begin()
+        self.header_deadlines.hasten(time.monotonic() + STOP_HEAD_GRACE)
+
+    def handle_exit(self, sig, frame):  # noqa: ANN001, ANN201 - gunicorn's signature
+        """SIGTERM, in the main thread; gunicorn then waits for the connections."""
+        self.begin_stop()
+        super().handle_exit(sig, frame)
+
+    def handle_quit(self, sig, frame):  # noqa: ANN001, ANN201 - gunicorn's signature
+        """SIGQUIT, SIGINT: the process exits once its threads end, so have transfers end."""
+        self.begin_stop()
+        super().handle_quit(sig, frame)
+
+    def is_parent_alive(self) -> bool:
+        """An orphaned worker stops like one sent SIGTERM (nobody would ever kill it)."""
+        alive = super().is_parent_alive()
+        if not alive:
+            self.begin_stop()
+        return alive
+
     def enqueue_req(self, conn):  # noqa: ANN001, ANN201 - gunicorn's signature
         self.busy_threads += 1  # main thread only, as is finish_request
         return super().enqueue_req(conn)
 
     def set_accept_enabled(self, enabled: bool) -> None:
-        """gunicorn's rule (room for another connection) and a free thread to serve it."""
+        """gunicorn's rule (room for another connection) and a free thread to serve it.
+
+        Stopping, the worker's copies of the listeners close at once, not when
+        it exits: gunicorn disables accepting right after its main loop ends.
+        """
         super().set_accept_enabled(enabled and self.busy_threads < self.cfg.threads)
+        if not enabled and not self.alive:
+            for listener in self.sockets:
+                listener.close()
 
     def accept(self, listener):  # noqa: ANN001, ANN201 - gunicorn's signature
+        if not self.alive:
+            return None  # stopping: the listener may be closed, and nothing new is taken
         super().accept(listener)
         if self.busy_threads >= self.cfg.threads:
             self.set_accept_enabled(False)  # at once: more may be waiting to be accepted

@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from .support import (
+    HOSTED,
     PROXIED,
+    HostedApp,
     MotoS3,
     Proxied,
     RedisCluster,
@@ -131,6 +133,9 @@ def start_server(
             return tmp_path_factory.mktemp(f"data-{backend}")
 
         def replica(directory: Path, **extra: object) -> Server:
+            if backend.startswith(HOSTED):
+                return HostedApp(directory, redis_url=redis_url, workers=workers,
+                                 **{**settings, **extra})
             return Server(directory, redis_url=redis_url, workers=workers,
                           default_data_dir=default_data_dir, nofile=nofile,
                           **{**settings, **extra})

@@ -24,6 +24,8 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_NGINX_CONFIG = ROOT / "deploy" / "nginx.conf"
+#: Seconds nginx sets a replica aside after it refused a connection (deploy/*.conf).
+UPSTREAM_FAIL_TIMEOUT = 2
 TUS = {"Tus-Resumable": "1.0.0"}
 OFFSET_STREAM = "application/offset+octet-stream"
 
@@ -241,14 +243,16 @@ class RedisSentinel:
 
 
 PROXIED = "proxied-"
+HOSTED = "hosted-"
 
 
 def split_backend(backend: str) -> tuple[str, str]:
     """``redis-s3`` → (``redis``, ``s3``): the registry, and the store (``file`` unless ``s3``).
 
-    A ``proxied-`` prefix (two replicas behind nginx, see ``Proxied``) changes neither.
+    A ``proxied-`` prefix (two replicas behind nginx, see ``Proxied``) or ``hosted-``
+    (the endpoint mounted in a host app, see ``HostedApp``) changes neither.
     """
-    backend = backend.removeprefix(PROXIED)
+    backend = backend.removeprefix(PROXIED).removeprefix(HOSTED)
     if backend == "s3":
         return "embedded", "s3"
     if backend.endswith("-s3"):
@@ -512,6 +516,10 @@ class Server:
                 args += [flag, str(value)]
         return args
 
+    def environment(self) -> dict[str, str] | None:
+        """The server's environment: this process's, for ``resumable serve``."""
+        return None
+
     def start(self) -> Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
@@ -519,6 +527,7 @@ class Server:
             self.command(),
             stdout=log,
             stderr=log,
+            env=self.environment(),
             start_new_session=True,
             cwd=self.data_dir.parent if self.default_data_dir else None,
             preexec_fn=self._limit_descriptors if self.nofile else None,
@@ -627,6 +636,43 @@ class Server:
                 self.process.wait(10)
 
 
+class HostedApp(Server):
+    """The host app of ``tests/apps/host.py`` under plain gunicorn, the endpoint in it.
+
+    Run the way the README tells teams to run their own app: gunicorn with the
+    threaded worker, settings as ``RESUMABLE_*`` variables.
+    """
+
+    BASE_PATH = "/api/uploads/"
+    APP = "tests.apps.host:create()"
+
+    def __init__(self, data_dir: Path, redis_url: str | None = None, workers: int = 2,
+                 **settings: object):
+        super().__init__(data_dir, redis_url=redis_url, workers=workers,
+                         **{**settings, "base_path": self.BASE_PATH})
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "gunicorn",
+            "--bind", f"127.0.0.1:{self.port}",
+            "--workers", str(self.workers),
+            "--worker-class", "resumable.worker.ResumableThreadWorker",
+            "--threads", "64",
+            "--log-level", "warning",
+            "--chdir", str(ROOT),
+            self.APP,
+        ]
+
+    def environment(self) -> dict[str, str]:
+        environment = dict(os.environ)
+        values: dict[str, object] = {"data_dir": self.data_dir, **self.settings}
+        if self.redis_url:
+            values.update(redis_url=self.redis_url, redis_prefix=self.redis_prefix)
+        for name, value in values.items():
+            environment["RESUMABLE_" + name.upper()] = str(value)
+        return environment
+
+
 def nginx_executable() -> str | None:
     found = shutil.which("nginx")
     if found:
@@ -671,7 +717,11 @@ class Nginx:
         the nginx image that directory is /etc/nginx, where compose mounts them).
         """
         self.conf_dir.mkdir(parents=True, exist_ok=True)
-        servers = "".join(f"server {address};\n" for address in self.upstreams)
+        # As deploy/resumable-upstream.conf names the replicas of docker-compose.
+        servers = "".join(
+            f"server {address} max_fails=1 fail_timeout={UPSTREAM_FAIL_TIMEOUT}s;\n"
+            for address in self.upstreams
+        )
         (self.conf_dir / "resumable-upstream.conf").write_text(servers)
         (self.conf_dir / "resumable-listen.conf").write_text(f"listen 127.0.0.1:{self.port};\n")
         work = self.workdir
@@ -1001,3 +1051,68 @@ def assert_finished(tus: TusClient, url: str, data: bytes) -> dict[str, str]:
     assert received == len(data)
     assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
     return dict(head.headers)
+
+
+class HookReceiver:
+    """A receiver of tusd-format HTTP hooks on a free port, as a team would run one.
+
+    Records every POST (its JSON and headers, and when it came) and answers
+    what ``answer(payload)`` returns: a dict sent as JSON with status 200, or
+    an int status with an empty body. Unset, it answers ``{}``.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[dict] = []
+        self.lock = threading.Lock()
+        self.answer = lambda payload: {}
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                import json
+
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                payload = json.loads(body)
+                with receiver.lock:
+                    receiver.received.append({
+                        "payload": payload,
+                        "headers": dict(self.headers.items()),
+                        "at": time.monotonic(),
+                    })
+                answer = receiver.answer(payload)
+                if isinstance(answer, int):
+                    self.send_response(answer)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                data = json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def events(self, kind: str | None = None, upload_id: str | None = None) -> list[dict]:
+        with self.lock:
+            found = list(self.received)
+        return [
+            event for event in found
+            if (kind is None or event["payload"]["Type"] == kind)
+            and (upload_id is None or event["payload"]["Event"]["Upload"]["ID"] == upload_id)
+        ]
+
+    def clear(self) -> None:
+        with self.lock:
+            self.received.clear()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -20,7 +20,7 @@ from .support import Server, TusClient, assert_finished, decode_metadata, patter
 
 #: Both registries on local disk, uploads kept in S3 (moto) on one instance, and two
 #: replicas behind nginx with their own data dirs sharing Redis and the bucket.
-BACKENDS = ("embedded", "redis", "redis-s3", "proxied-redis-s3")
+BACKENDS = ("embedded", "redis", "redis-s3", "proxied-redis-s3", "hosted-redis")
 
 MiB = 1024 * 1024
 CHUNK = 5 * MiB

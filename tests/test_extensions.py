@@ -40,7 +40,7 @@ from .support import OFFSET_STREAM, Server, TusClient, iter_chunks, pattern_byte
 
 #: The registries and stores the extension tests run on: uploads kept in S3 too. (The
 #: registry contract and the protocol tests prove a Redis Cluster's hash slots.)
-BACKENDS = ("embedded", "redis", "redis-s3", "proxied-redis-s3")
+BACKENDS = ("embedded", "redis", "redis-s3", "proxied-redis-s3", "hosted-redis")
 
 MiB = 1024 * 1024
 MAX_SIZE = 1000

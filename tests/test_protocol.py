@@ -30,9 +30,10 @@ import requests
 from .support import OFFSET_STREAM, PROXIED, TUS, Server, TusClient, pattern_bytes, wait_until
 
 #: The registries and stores the protocol tests run on: a Redis Cluster too, where
-#: every script must stay within one upload's hash slot, uploads kept in S3, and
-#: two replicas behind nginx with their own data dirs sharing Redis and a bucket.
-BACKENDS = ("embedded", "redis", "redis-cluster", "redis-s3", "proxied-redis-s3")
+#: every script must stay within one upload's hash slot, uploads kept in S3,
+#: two replicas behind nginx with their own data dirs sharing Redis and a bucket,
+#: and the endpoint mounted under /api/uploads in a host app (tests/apps/host.py).
+BACKENDS = ("embedded", "redis", "redis-cluster", "redis-s3", "proxied-redis-s3", "hosted-redis")
 
 MAX_SIZE = 1000
 #: The table's fixture: all nine extensions of spec section 2.

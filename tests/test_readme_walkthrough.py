@@ -37,7 +37,7 @@ from .support import free_port
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 README_ADDRESS = "127.0.0.1:1080"
-LEFT_OUT = {"server", "date", "connection"}
+LEFT_OUT = {"server", "date", "connection", "x-request-id"}
 HTTP_DATE = r"[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT"
 
 

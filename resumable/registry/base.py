@@ -26,6 +26,8 @@ import math
 import time
 from abc import ABC, abstractmethod
 
+from .. import metrics
+from ..ledger import FinishLedger
 from ..protocol import Locked
 from ..records import UploadRecord
 from ..store import Store, UploadWriter
@@ -144,6 +146,21 @@ class Registry(ABC):
         self.lock_ttl = lock_ttl
         self.lock_wait = lock_wait
         self.heartbeat = heartbeat
+        #: Owed post-finish events, when a receiver wants them (lifecycle.py).
+        self.owed_finishes: FinishLedger | None = None
+
+    def problem(self) -> str | None:
+        """Why the registry cannot serve now (for /readyz), or None."""
+        return None
+
+    def finish_owed(self, upload_id: str) -> bool:
+        """Whether the upload's post-finish is still owed to a receiver."""
+        ledger = self.owed_finishes
+        return ledger is not None and ledger.get(upload_id) is not None
+
+    @abstractmethod
+    def finish_ledger(self) -> FinishLedger:
+        """Where owed post-finish events are kept, beside this registry's records."""
 
     # -- records ---------------------------------------------------------------
 
@@ -213,7 +230,13 @@ class Registry(ABC):
         return 0
 
     def forget(self, lease: Lease, record: UploadRecord) -> None:
-        """Delete an upload and its entries in the concatenation index."""
+        """Delete an upload and its entries in the concatenation index.
+
+        A finished upload's owed post-finish is confirmed first: once the
+        record is gone, only the confirmation tells the upload did finish.
+        """
+        if record.is_complete and self.owed_finishes is not None:
+            self.owed_finishes.confirm(record.id)
         self.delete(lease)
         if record.is_final:
             self.remove_waiting(record.id, record.parts)
@@ -242,10 +265,14 @@ class Registry(ABC):
         """The lock, asking its holder to let go; Locked after ``wait`` seconds."""
         deadline = time.monotonic() + (self.lock_wait if wait is None else wait)
         next_request = 0.0
+        waited = False
         while True:
             lease = self.try_acquire(upload_id)
             if lease is not None:
                 return lease
+            if not waited:
+                waited = True
+                metrics.count_lock_wait()
             now = time.monotonic()
             if now >= next_request:
                 # Asked again now and then: the lock may have passed to
@@ -253,6 +280,7 @@ class Registry(ABC):
                 self.request_release(upload_id, hard=True)
                 next_request = now + REPEAT_REQUEST_SECONDS
             if now >= deadline:
+                metrics.count_locked()
                 raise Locked("another request is writing this upload; retry shortly")
             time.sleep(POLL_SECONDS)
 

@@ -38,6 +38,7 @@ import socket
 from pathlib import Path
 
 from ..files import DEFAULT_MODE, make_private_dir, open_nofollow, read_small_file, remove_unknown
+from ..ledger import FileLedger, FinishLedger
 from ..records import UploadRecord
 from ..store import Store
 from .base import Lease, LeaseLost, Mailbox, Registry, ReleaseState
@@ -112,6 +113,10 @@ class EmbeddedRegistry(Registry):
         self.locks = Path(directory) / "locks"
         make_private_dir(self.locks, self.mode)
         self.waiting = Path(directory) / "waiting"
+        self.directory = Path(directory)
+
+    def finish_ledger(self) -> FinishLedger:
+        return FileLedger(self.directory, self.mode)
 
     def remove_leftovers(self, older_than: float) -> int:
         """Lock files of uploads that are gone (a crash between deleting and unlocking)."""

@@ -44,7 +44,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import redis
@@ -54,6 +54,7 @@ from redis.commands.core import Script
 from redis.exceptions import ClusterDownError, RedisClusterException
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
+from ..ledger import FinishLedger, RedisLedger
 from ..records import UploadRecord
 from ..redis_url import parse_redis_url
 from ..store import Store
@@ -196,6 +197,15 @@ def _reason(error: BaseException) -> str:
     if isinstance(error, MasterNotFoundError):
         return text.split(" : ", 1)[0] + " (no sentinel answered, or none knows that master)"
     return text
+
+
+@contextlib.contextmanager
+def unreachable_as_unavailable() -> Iterator[None]:
+    """Raise RegistryUnavailable where redis-py raises a connection or timeout error."""
+    try:
+        yield
+    except _UNREACHABLE as error:
+        raise RegistryUnavailable(_reason(error)) from error
 
 
 def _neutral(method: _Method) -> _Method:
@@ -522,6 +532,16 @@ class RedisRegistry(Registry):
 
     def key(self, kind: str, upload_id: str) -> str:
         return f"{self.prefix}{kind}:{{{upload_id}}}"
+
+    def finish_ledger(self) -> FinishLedger:
+        return RedisLedger(self.redis, self.prefix, unreachable_as_unavailable)
+
+    def problem(self) -> str | None:
+        try:
+            self.redis.ping()
+        except _UNREACHABLE as error:
+            return f"Redis: {_reason(error)}"
+        return None
 
     # -- records ---------------------------------------------------------------
 

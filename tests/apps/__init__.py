@@ -1,0 +1,1 @@
+"""Flask apps that mount the endpoint, as the teams adopting it write them."""
