@@ -283,7 +283,8 @@ def _logged(path: Path) -> list[dict]:
 
 
 def test_python_receivers(start_server, hook_log: Path) -> None:
-    server = start_server("embedded", hooks="tests.apps.hooks:receivers")
+    server = start_server("embedded", hooks="tests.apps.hooks:receivers",
+                          progress_interval=PROGRESS_INTERVAL)
     tus = TusClient(server.endpoint)
     refused = tus.create(3, headers={"Upload-Metadata": _meta(filename="setup.exe")})
     assert (refused.status_code, refused.text) == (422, "no executables, please\n")
@@ -299,6 +300,18 @@ def test_python_receivers(start_server, hook_log: Path) -> None:
                     for e in _logged(hook_log)), 5)
     kinds = [e["type"] for e in _logged(hook_log) if e["upload"]["id"] == upload_id]
     assert kinds[:2] == ["pre-create", "post-create"] and "post-finish" in kinds
+
+    data = pattern_bytes(20 * 32 * 1024)
+    slow = tus.new_upload(len(data))
+    assert tus.patch(slow, 0, SizedBody(_slow_body(data, 20, 0.15), len(data))).status_code == 204
+    progress = [e for e in _logged(hook_log)
+                if e["type"] == "post-receive" and e["upload"]["id"] == _upload_id(slow)]
+    gaps = [b["at"] - a["at"] for a, b in zip(progress, progress[1:], strict=False)]
+    assert len(progress) >= 3 and min(gaps) >= PROGRESS_INTERVAL * 0.8, gaps
+    stopped = tus.new_upload(len(data), headers={"Upload-Metadata": _meta(stop="yes")})
+    answer = tus.patch(stopped, 0, SizedBody(_slow_body(data, 20, 0.15), len(data)))
+    assert (answer.status_code, answer.text) == (409, "stopped by the app\n")
+    assert 0 < tus.offset(stopped) < len(data)
 
 
 def test_hooks_that_cannot_be_loaded_stop_serve(tmp_path: Path) -> None:

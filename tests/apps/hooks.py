@@ -3,7 +3,8 @@
 Each event is appended as a JSON line to the file ``HOOK_LOG`` names, so a
 test can read what the server's workers received. Uploads whose filename
 ends in ``.exe`` are refused; ``rename`` metadata replaces the filename; a
-``keep`` metadata key vetoes deletion.
+``keep`` metadata key vetoes deletion; ``stop: yes`` stops the upload at its
+first progress report.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 
 from resumable.events import HookAnswer, HookEvent
 
 
 def _log(event: HookEvent) -> None:
-    line = json.dumps({"type": event.type, "id": event.id,
+    line = json.dumps({"type": event.type, "id": event.id, "at": time.monotonic(),
                        "upload": dataclasses.asdict(event.upload)})
     with open(os.environ["HOOK_LOG"], "a") as log:
         log.write(line + "\n")
@@ -34,6 +36,12 @@ class Receivers:
 
     def post_create(self, event: HookEvent) -> None:
         _log(event)
+
+    def post_receive(self, event: HookEvent) -> HookAnswer | None:
+        _log(event)
+        if event.upload.metadata.get("stop") == "yes":
+            return HookAnswer(stop_upload=True, status=409, body="stopped by the app")
+        return None
 
     def post_finish(self, event: HookEvent) -> None:
         _log(event)
