@@ -26,7 +26,7 @@ import functools
 import logging
 from collections.abc import Callable
 
-from flask import Flask, current_app, request
+from flask import Flask
 
 # Imported for its hooks on the tus blueprint: one log line and the metrics of each request.
 from . import request_log  # noqa: F401
@@ -37,7 +37,7 @@ from .gc import CollectorThread, collect
 from .health import health_blueprint
 from .hooks import Authorizer, load_authorizer
 from .lifecycle import Lifecycle, Receiver
-from .metrics import metrics_blueprint
+from .metrics import metrics_blueprint, record_metrics
 from .registry import make_registry
 from .settings import HOOK_EVENTS, Settings
 from .store import make_store
@@ -113,6 +113,7 @@ class Resumable:
         app.register_blueprint(blueprint, url_prefix=settings.base_path.rstrip("/"))
         if settings.health:
             app.register_blueprint(health_blueprint)
+        record_metrics(bool(settings.metrics_path))
         if settings.metrics_path:
             app.register_blueprint(metrics_blueprint(settings.metrics_path))
 
@@ -166,40 +167,3 @@ def build_services(settings: Settings, authorizer: Authorizer | None = None) -> 
         lifecycle=lifecycle,
         authorizer=authorizer or load_authorizer(settings.auth_hook),
     )
-
-
-class _WorkerCheck:
-    """Warn once per process when the server kills long requests.
-
-    gunicorn's default ``sync`` worker serves one request at a time and is
-    killed when a request outlasts ``--timeout`` (30 s by default): a PATCH
-    of a large file or a slow link is cut, and every other upload waits.
-    It is recognised by gunicorn's environ (a ``gunicorn.socket`` without
-    threads), at the endpoint's first request since the app is built before
-    the worker serves.
-    """
-
-    def __init__(self) -> None:
-        self.checked = False
-
-    def __call__(self) -> None:
-        if self.checked:
-            return
-        self.checked = True
-        environ = request.environ
-        if "gunicorn.socket" in environ and not environ.get("wsgi.multithread"):
-            log.warning(
-                "gunicorn's sync worker cuts uploads longer than its --timeout and serves one "
-                "at a time: run gunicorn with --worker-class "
-                "resumable.worker.ResumableThreadWorker --threads 256 (see README)"
-            )
-
-
-blueprint.before_request(_WorkerCheck())
-
-
-@blueprint.before_request
-def _start_collector() -> None:
-    collector = current_app.extensions[EXTENSION_KEY].collector
-    if collector is not None:
-        collector.ensure_started()

@@ -180,11 +180,14 @@ class Lifecycle:
 
     def _update(self) -> None:
         """Whether post-finish is wanted decides whether finishes are owed in a ledger."""
+        self.active = bool(self.http) or any(self.receivers.values())
         if self.wants(POST_FINISH) and self.ledger is None:
             self.ledger = self.registry.finish_ledger()
             self.registry.owed_finishes = self.ledger
 
     def wants(self, event_type: str) -> bool:
+        if not self.active:  # no receivers at all: most servers, on every request
+            return False
         if self.receivers.get(event_type):
             return True
         return self.http is not None and self.http.wants(event_type)

@@ -149,6 +149,15 @@ class _Metrics:
 _made: _Metrics | None = None
 _making = threading.Lock()
 _failure_logged = False
+#: Whether this process records at all: not when every app in it turned /metrics off,
+#: so a server without metrics pays nothing for them.
+_recording = True
+
+
+def record_metrics(enabled: bool) -> None:
+    """Record (or not) in this process; set by each app that mounts the endpoint."""
+    global _recording
+    _recording = enabled
 
 
 def _metrics() -> _Metrics:
@@ -169,6 +178,8 @@ def _never_fails(record: F) -> F:
     @functools.wraps(record)
     def guarded(*args: Any) -> None:
         global _failure_logged
+        if not _recording:
+            return
         try:
             record(*args)
         except Exception:

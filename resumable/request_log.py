@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from flask import Response, request
+from flask import Request, Response, request
 
 from . import metrics
 from .transfer import BYTES_RECEIVED
@@ -71,19 +71,20 @@ def request_id_for(incoming: str | None) -> str:
     return secrets.token_hex(16)
 
 
-def _request_id() -> str:
-    environ = request.environ
+def _request_id(current: Request) -> str:
+    environ = current.environ
     if REQUEST_ID not in environ:
-        environ[REQUEST_ID] = request_id_for(request.headers.get(REQUEST_ID_HEADER))
+        environ[REQUEST_ID] = request_id_for(current.headers.get(REQUEST_ID_HEADER))
     return environ[REQUEST_ID]
 
 
-def _is_patch() -> bool:
+def _is_patch(current: Request) -> bool:
     """A PATCH, or a POST that the views will serve as one (method override)."""
-    if request.method == "PATCH":
+    if current.method == "PATCH":
         return True
-    override = request.headers.get("X-HTTP-Method-Override", "")
-    return request.method == "POST" and override.upper() == "PATCH"
+    if current.method != "POST":
+        return False
+    return current.headers.get("X-HTTP-Method-Override", "").upper() == "PATCH"
 
 
 # --------------------------------------------------------------------------
@@ -99,25 +100,28 @@ def _begin(_endpoint: str | None, _values: dict[str, Any] | None) -> None:
     the app and the blueprint, so a request one of them refuses (a 412 for a
     missing ``Tus-Resumable``) is timed and named like any other.
     """
-    environ = request.environ
+    current = request._get_current_object()  # type: ignore[attr-defined]
+    environ = current.environ
     environ[STARTED] = time.perf_counter()
-    _request_id()
-    if _is_patch():
+    _request_id(current)
+    if _is_patch(current):
         environ[PATCH_IN_FLIGHT] = True
         metrics.patch_started()
 
 
 @blueprint.after_request
 def _answered(response: Response) -> Response:
-    request.environ[STATUS] = response.status_code
-    response.headers[REQUEST_ID_HEADER] = _request_id()
+    current = request._get_current_object()  # type: ignore[attr-defined]
+    current.environ[STATUS] = response.status_code
+    response.headers[REQUEST_ID_HEADER] = _request_id(current)
     return response
 
 
 @blueprint.teardown_request
 def _end(_error: BaseException | None) -> None:
     """Count and log the request, however it ended (an error, a client gone)."""
-    environ = request.environ
+    current = request._get_current_object()  # type: ignore[attr-defined]
+    environ = current.environ
     try:
         if environ.pop(PATCH_IN_FLIGHT, False):
             metrics.patch_ended()
@@ -127,27 +131,27 @@ def _end(_error: BaseException | None) -> None:
         status = int(environ.get(STATUS, 500))
         received = environ.get(BYTES_RECEIVED)
         received = received if isinstance(received, int) and received > 0 else 0
-        metrics.count_request(request.method, status, seconds, received)
+        metrics.count_request(current.method, status, seconds, received)
         settings = services().settings
         if settings.access_log and access_log.isEnabledFor(logging.INFO):
-            fields = line_fields(status, seconds, received)
+            fields = line_fields(current, status, seconds, received)
             access_log.info(format_line(fields, settings.log_format), extra={"access": fields})
     except Exception:
         log.exception("recording a request of the tus endpoint failed")
 
 
-def line_fields(status: int, seconds: float, received: int) -> dict[str, Any]:
+def line_fields(current: Request, status: int, seconds: float, received: int) -> dict[str, Any]:
     """What one line says, in the order it says it."""
-    upload_id = request.environ.get(UPLOAD_ID)
+    upload_id = current.environ.get(UPLOAD_ID)
     return {
-        "method": request.method,
-        "path": quote(request.script_root + request.path, safe=_PATH_SAFE),
+        "method": current.method,
+        "path": quote(current.script_root + current.path, safe=_PATH_SAFE),
         "status": status,
         "upload_id": upload_id if isinstance(upload_id, str) else None,
         "bytes_received": received,
         "duration_ms": round(seconds * 1000, 3),
         "client": public().remote_addr or None,
-        "request_id": _request_id(),
+        "request_id": _request_id(current),
     }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -62,6 +63,7 @@ from .responses import register_error_handlers
 from .settings import Settings
 from .store import Store
 from .transfer import Appender
+from .worker import warn_if_worker_cuts_uploads
 
 #: Extensions this server implements, in the order OPTIONS lists them.
 EXTENSIONS = (
@@ -119,6 +121,19 @@ class Services:
     authorizer: Authorizer | None = None
     #: Periodic garbage collection in this process (gc.CollectorThread), if it runs one.
     collector: CollectorThread | None = None
+    #: The process that started the background work below (0: none yet).
+    started_in: int = 0
+
+    def start_in_this_process(self, environ: dict) -> None:
+        """Once per process, at its first request of the endpoint (threads do not survive
+        a fork): the sweeper of owed post-finish events, the collector, the worker check."""
+        if self.started_in == os.getpid():
+            return
+        self.started_in = os.getpid()
+        self.lifecycle.start_sweeper()
+        if self.collector is not None:
+            self.collector.ensure_started()
+        warn_if_worker_cuts_uploads(environ)
 
 
 def services() -> Services:
@@ -131,14 +146,20 @@ def services() -> Services:
 
 
 @blueprint.before_request
-def require_tus_version() -> None:
-    """Tus-Resumable on every request but OPTIONS and GET (browsers download)."""
-    upload_id = (request.view_args or {}).get("upload_id")
+def prepare_request() -> None:
+    """Name the upload, start the process's background work, require the version.
+
+    Tus-Resumable is required on every request but OPTIONS and GET (browsers
+    download).
+    """
+    current = request._get_current_object()  # type: ignore[attr-defined]
+    environ = current.environ
+    services().start_in_this_process(environ)
+    upload_id = (current.view_args or {}).get("upload_id")
     if upload_id is not None:
-        request.environ[UPLOAD_ID] = upload_id  # for the request log and metrics
-    services().lifecycle.start_sweeper()
-    if request.method not in ("OPTIONS", "GET"):
-        check_version(request.headers.get("Tus-Resumable"))
+        environ[UPLOAD_ID] = upload_id  # for the request log and metrics
+    if current.method not in ("OPTIONS", "GET"):
+        check_version(current.headers.get("Tus-Resumable"))
 
 
 @blueprint.after_request
@@ -151,10 +172,15 @@ def tus_headers(response: Response) -> Response:
 
 def public() -> PublicView:
     """Scheme, host, prefix and client address as the client used them (see forwarded.py)."""
-    view = request.environ.get(PUBLIC_VIEW)
+    current = request._get_current_object()  # type: ignore[attr-defined]
+    view = current.environ.get(PUBLIC_VIEW)
     if view is None:
-        view = public_view(request.environ, services().settings.trust_proxy)
-        request.environ[PUBLIC_VIEW] = view
+        if services().settings.trust_proxy:
+            view = public_view(current.environ, True)
+        else:  # the request as it came: Flask's own view of it, no second parse
+            view = PublicView(current.scheme, current.host, current.script_root,
+                              current.remote_addr or "")
+        current.environ[PUBLIC_VIEW] = view
     return view
 
 

@@ -45,6 +45,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import itertools
+import logging
 import math
 import os
 import select
@@ -59,6 +60,8 @@ from gunicorn.workers.gthread import ThreadWorker
 from . import stopping
 from .body import serving
 from .settings import Settings
+
+log = logging.getLogger("resumable")
 
 #: Threads that close connections, each lingering up to two seconds.
 CLOSING_THREADS = 8
@@ -190,6 +193,23 @@ def limit_malloc_arenas(arenas: int) -> bool:
         return bool(libc.mallopt(_M_ARENA_MAX, arenas))
     except (OSError, AttributeError):
         return False
+
+
+def warn_if_worker_cuts_uploads(environ: dict) -> None:
+    """Warn when the server kills long requests: gunicorn's default ``sync`` worker.
+
+    It serves one request at a time and is killed when a request outlasts
+    ``--timeout`` (30 s by default), so a PATCH of a large file or over a slow
+    link is cut and every other upload waits. It is recognised by gunicorn's
+    environ (a ``gunicorn.socket`` without threads), at a process's first
+    request of the endpoint: an app is built before its worker serves.
+    """
+    if "gunicorn.socket" in environ and not environ.get("wsgi.multithread"):
+        log.warning(
+            "gunicorn's sync worker cuts uploads longer than its --timeout and serves one "
+            "at a time: run gunicorn with --worker-class "
+            "resumable.worker.ResumableThreadWorker --threads 256 (see README)"
+        )
 
 
 class ResumableThreadWorker(ThreadWorker):
