@@ -44,7 +44,7 @@ from .files import (
 )
 from .protocol import is_valid_upload_id
 from .records import UploadRecord
-from .store import Store, StoredData, UploadWriter
+from .store import Store, StoredAhead, StoredData, UploadWriter
 
 #: Room left in each slot for the record to grow (its offset's digits, a length
 #: learnt late, an expiry or finish time), so it is rarely written whole again.
@@ -253,11 +253,23 @@ class FileStore(Store):
 
         Whatever the file holds past the recorded offset was never
         acknowledged (a crash between write and commit, or a rejected
-        checksummed chunk), so it is cut off before appending.
+        checksummed chunk), so it is cut off before appending; unless the
+        sidecar already records it. Behind Redis the sidecar is written
+        before each commit reaches Redis (architecture.md, invariant 8), so
+        a crash between the two leaves it ahead of the offset asked for,
+        with the bytes in the file: cutting them would leave a sidecar that
+        claims bytes the file no longer has, and a Redis rebuilt from it
+        would resume the client past them. StoredAhead moves the offset up
+        instead (the bytes are the client's own), as the S3 store does.
         """
         fd = open_nofollow(self.data_path(upload_id), os.O_RDWR)
         try:
-            if os.fstat(fd).st_size != offset:
+            size = os.fstat(fd).st_size
+            if size > offset:
+                recorded = self.read_record(upload_id)
+                if recorded is not None and offset < recorded.offset <= size:
+                    raise StoredAhead(recorded.offset)
+            if size != offset:
                 os.ftruncate(fd, offset)
             os.lseek(fd, offset, os.SEEK_SET)
         except BaseException:

@@ -9,7 +9,9 @@ module covers what only these deployments have.
 
 from __future__ import annotations
 
+import contextlib
 import random
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -229,6 +231,52 @@ def test_redis_back_from_an_older_snapshot_gives_no_acknowledged_offset_back(
         assert tus.patch(url, 9 * MiB, data[9 * MiB :]).status_code == 204
         assert tus.get(url).content == data
         assert "Traceback" not in server.log()
+    finally:
+        server.stop()
+        redis_server.stop()
+
+
+def test_a_sidecar_ahead_of_redis_is_never_cut_behind_it(tmp_path: Path) -> None:
+    """A crash between the sidecar write and the Redis commit leaves the sidecar ahead,
+    with its bytes in the file. A PATCH from Redis's older offset must not cut those
+    bytes: were they cut and the request ended before its commit, a Redis rebuilt from
+    the sidecar would later send the client on past bytes the file no longer holds."""
+    redis_server = RedisServer(tmp_path / "redis").start()
+    server = Server(tmp_path / "data", redis_url=redis_server.url, workers=1).start()
+    try:
+        tus = TusClient(server.endpoint)
+        data = pattern_bytes(8 * MiB, seed=33)
+        url = tus.new_upload(len(data))
+        upload_id = url.rsplit("/", 1)[1]
+        assert tus.patch(url, 0, data[: 4 * MiB]).status_code == 204
+        # The crash's leftovers: 1 MiB more in the file, and a sidecar saying so.
+        store = FileStore(tmp_path / "data")
+        with open(store.data_path(upload_id), "ab") as file:
+            file.write(data[4 * MiB : 5 * MiB])
+        record = store.read_record(upload_id)
+        assert record is not None and record.offset == 4 * MiB
+        record.offset = 5 * MiB
+        store.write_record(record)
+        assert tus.offset(url) == 4 * MiB  # Redis's view: the commit never reached it
+
+        # A PATCH from that offset whose client goes away before sending its body.
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(
+                f"PATCH /files/{upload_id} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+                f"Upload-Offset: {4 * MiB}\r\nContent-Type: application/offset+octet-stream\r\n"
+                f"Content-Length: {MiB}\r\n\r\n".encode()
+            )
+            sock.settimeout(5)
+            with contextlib.suppress(OSError):
+                sock.recv(4096)
+        time.sleep(0.5)
+        assert store.data_path(upload_id).stat().st_size == 5 * MiB  # nothing was cut
+
+        redis.Redis.from_url(redis_server.url).flushall()  # Redis loses everything
+        offset = tus.offset(url)
+        assert offset == 5 * MiB
+        assert tus.patch(url, offset, data[offset:]).status_code == 204
+        assert tus.get(url).content == data
     finally:
         server.stop()
         redis_server.stop()
