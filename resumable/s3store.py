@@ -56,6 +56,8 @@ MiB = 1024 * 1024
 GiB = 1024 * MiB
 #: S3's limits: parts of 5 MiB (but the last) to 5 GiB, at most 10,000 of them.
 MIN_PART = 5 * MiB
+#: Seconds a readiness probe (problem) waits for the bucket, asking once.
+PROBE_SECONDS = 2.0
 MAX_PART = 5 * GiB
 MAX_PARTS = 10_000
 #: With an unknown length, the part size doubles every this many parts, so
@@ -201,6 +203,7 @@ class S3Store(Store):
         self.spool_dir = Path(spool_dir) / "spool"
         make_private_dir(self.spool_dir, mode)
         self._client: Any = None
+        self._probe: tuple[int, Any] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._pid = 0
         self._lock = threading.Lock()
@@ -432,10 +435,18 @@ class S3Store(Store):
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            self._probe_client().head_bucket(Bucket=self.bucket)
         except (BotoCoreError, ClientError) as error:
             return f"bucket {self.bucket!r}: {error}"
         return None
+
+    def _probe_client(self) -> Any:
+        """A client that asks once and waits 2 s: the uploads' client retries for
+        seconds, and a readiness probe must answer before the prober gives up."""
+        if self._probe is None or self._probe[0] != os.getpid():
+            client = make_client(self.endpoint, self.region, attempts=1, timeout=PROBE_SECONDS)
+            self._probe = (os.getpid(), client)
+        return self._probe[1]
 
     @_neutral
     def remove_leftovers(self, older_than: float) -> int:
@@ -1058,7 +1069,9 @@ def content_type(record: UploadRecord) -> str:
     return "application/octet-stream"
 
 
-def make_client(endpoint: str | None, region: str | None) -> Any:
+def make_client(
+    endpoint: str | None, region: str | None, attempts: int = 5, timeout: float = 0.0
+) -> Any:
     """A boto3 S3 client: the standard credential chain, retries with backoff.
 
     boto3 1.36 and later add checksum headers that several S3-compatible
@@ -1069,10 +1082,10 @@ def make_client(endpoint: str | None, region: str | None) -> Any:
     from botocore.config import Config
 
     options: dict[str, Any] = {
-        "retries": {"max_attempts": 5, "mode": "standard"},
+        "retries": {"max_attempts": attempts, "mode": "standard"},
         "max_pool_connections": 64,
-        "connect_timeout": 5,
-        "read_timeout": 60,
+        "connect_timeout": timeout or 5,
+        "read_timeout": timeout or 60,
         "s3": {"addressing_style": "path" if endpoint else "auto"},
     }
     if endpoint:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import requests
 
 from resumable.protocol import new_upload_id
 from resumable.records import UploadRecord
@@ -503,3 +504,20 @@ def test_a_commit_writes_the_info_object_once(faulty_server: Server, proxy: Faul
     info_puts = [seen for seen in proxy.seen
                  if seen[0] == "PUT" and seen[1].endswith(f"{upload_id}.info")]
     assert len(info_puts) == 1, proxy.seen
+
+
+def test_readyz_follows_the_bucket(faulty: FaultyS3, faulty_server: Server) -> None:
+    """/readyz asks the bucket once with a short deadline: 503 soon after S3 goes away
+    (the uploads' client would retry for seconds), 200 once it is back."""
+    def ready() -> int:
+        return requests.get(faulty_server.url + "/readyz", timeout=10).status_code
+
+    assert ready() == 200
+    faulty.down = True
+    try:
+        started = time.monotonic()
+        assert ready() == 503
+        assert time.monotonic() - started < 5
+    finally:
+        faulty.down = False
+    assert wait_until(lambda: ready() == 200, 10)
