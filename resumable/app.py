@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Flask, Response
+from flask import Flask, Response, request
 
+from . import draft
 from .demo import demo_blueprint
 from .extension import Resumable
 from .protocol import TUS_VERSION
@@ -26,7 +27,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.after_request
     def tus_version(response: Response) -> Response:
-        response.headers.setdefault("Tus-Resumable", TUS_VERSION)
+        if draft.VERSION not in request.environ:  # an IETF draft answer names no tus
+            response.headers.setdefault("Tus-Resumable", TUS_VERSION)
         return response
 
     return app

@@ -66,11 +66,16 @@ class TusError(Exception):
 
     status: int = 500
     reason_phrase: str | None = None
+    #: The answer's body type: the reason as a line of text, unless a subclass says.
+    mimetype = "text/plain"
 
     def __init__(self, message: str, headers: Mapping[str, str] | None = None):
         super().__init__(message)
         self.message = message
         self.headers: dict[str, str] = dict(headers or {})
+
+    def body(self) -> str:
+        return self.message + "\n"
 
     @property
     def status_line(self) -> str | int:

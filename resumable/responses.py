@@ -36,8 +36,9 @@ def register_error_handlers(target: Blueprint | Flask) -> None:
 
 def error_response(error: TusError) -> Response:
     abandon_unread_body(request.environ)
-    body = "" if request.method == "HEAD" else error.message + "\n"
-    return Response(body, status=error.status_line, headers=error.headers, mimetype="text/plain")
+    body = "" if request.method == "HEAD" else error.body()
+    return Response(body, status=error.status_line, headers=error.headers,
+                    mimetype=error.mimetype)
 
 
 def lost_lease_response(error: LeaseLost) -> Response:

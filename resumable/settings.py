@@ -185,6 +185,12 @@ class Settings:
         "seconds running requests get to finish on SIGTERM or a graceful reload; running "
         "PATCHes stop reading, keep what came, and answer",
     )
+    interim_104: str = _setting(
+        "auto",
+        "send the IETF draft's 104 (Upload Resumption Supported) before a creation's body: "
+        "on, off, or auto (off with --trust-proxy: proxies such as nginx 1.22 take a 104 "
+        "for the final answer)",
+    )
     demo: bool = _setting(False, "serve a demo upload page with a live status table at /")
     log_level: str = _setting("info", "gunicorn log level")
 
@@ -244,6 +250,7 @@ class Settings:
                 "{" not in self.redis_prefix and "}" not in self.redis_prefix,
                 "redis_prefix must not hold { or }: the registry's keys use them as hash tags",
             ),
+            (self.interim_104 in SWITCHES, f"interim_104 must be one of {', '.join(SWITCHES)}"),
             (
                 self.checksum_trailer in SWITCHES,
                 f"checksum_trailer must be one of {', '.join(SWITCHES)}",

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import MethodNotAllowed
 
+from . import draft
 from .checksum import ALGORITHMS, Checksum, parse_checksum
 from .concat import BackgroundJoins, Concatenator, final_length, parse_final
 from .cors import apply_cors
@@ -158,14 +159,21 @@ def prepare_request() -> None:
     upload_id = (current.view_args or {}).get("upload_id")
     if upload_id is not None:
         environ[UPLOAD_ID] = upload_id  # for the request log and metrics
-    if current.method not in ("OPTIONS", "GET"):
+    interop = draft.version_of(environ)
+    if interop is not None:
+        environ[draft.VERSION] = interop  # the IETF draft's rules (draft.py)
+    elif current.method not in ("OPTIONS", "GET"):
         check_version(current.headers.get("Tus-Resumable"))
 
 
 @blueprint.after_request
 def tus_headers(response: Response) -> Response:
     """Every answer of the endpoint, errors included, names the protocol and passes CORS."""
-    response.headers["Tus-Resumable"] = TUS_VERSION
+    interop = draft.version()
+    if interop is None:
+        response.headers["Tus-Resumable"] = TUS_VERSION
+    else:
+        response.headers[draft.VERSION_HEADER] = str(interop)
     apply_cors(request, response, services().settings)
     return response
 
@@ -230,9 +238,14 @@ def other_method(upload_id: str) -> Response:
 
 
 @blueprint.route(
-    "/", methods=list(OTHER_METHODS), strict_slashes=False, provide_automatic_options=False
+    "/", methods=["PATCH", *OTHER_METHODS], strict_slashes=False,
+    provide_automatic_options=False,
 )
 def other_root_method() -> Response:
+    """The IETF draft creates with any content-carrying method (PUT, PATCH too); tus does not."""
+    interop = draft.version()
+    if interop is not None and request.method in ("PUT", "PATCH"):
+        return draft.create(interop)
     raise MethodNotAllowed(valid_methods=ROOT_METHODS)
 
 
@@ -253,12 +266,16 @@ def nowhere(_path: str) -> Response:
 @blueprint.route("/<_upload_id>", methods=["OPTIONS"], provide_automatic_options=False)
 def options(_upload_id: str | None = None) -> Response:
     settings = services().settings
-    response = _empty(204)
+    response = empty_response(204)
     response.headers["Tus-Version"] = TUS_VERSION
     response.headers["Tus-Extension"] = ",".join(extensions(settings))
     response.headers["Tus-Checksum-Algorithm"] = ",".join(ALGORITHMS)
     if settings.max_size:
         response.headers["Tus-Max-Size"] = str(settings.max_size)
+    interop = draft.version()
+    if interop is not None:  # both protocols' discovery: harmless to either client
+        response.headers.update(draft.limits(interop))
+        response.headers["Accept-Patch"] = draft.PARTIAL_UPLOAD
     return response
 
 
@@ -269,12 +286,15 @@ def options(_upload_id: str | None = None) -> Response:
 
 @blueprint.route("/", methods=["POST"], strict_slashes=False)
 def create() -> Response:
+    interop = draft.version()
+    if interop is not None:
+        return draft.create(interop)
     method = _overridden_method()
     if method is not None:
         return _serve_as(method, None)
     svc = services()
     settings = svc.settings
-    _authorize("create", None)
+    authorize("create", None)
     concat = request.headers.get("Upload-Concat")
     if concat is not None and concat.strip().startswith("final"):
         return _create_final(concat.strip())
@@ -282,9 +302,9 @@ def create() -> Response:
         raise BadRequest("Upload-Concat must be 'partial' or 'final;<url> <url> ...'")
     length = _creation_length(settings)
     raw_metadata = _metadata_header()
-    has_body = _has_body()
+    with_body = has_body()
     checksum, trailer = _checksum_headers()
-    if has_body:
+    if with_body:
         if not is_offset_stream(request.headers.get("Content-Type")):
             raise UnsupportedMediaType(
                 "a body on creation needs Content-Type: application/offset+octet-stream"
@@ -303,21 +323,21 @@ def create() -> Response:
         created=time.time(),
     )
     svc.expiry.stamp(record, record.created)
-    hook_headers = _ask_pre_create(record)
+    hook_headers = ask_pre_create(record)
     location = upload_url(record.id)
     headers = {**hook_headers, "Location": location}
-    if has_body:
-        record = _create_with_data(record, location, checksum, trailer)
+    if with_body:
+        record = create_with_data(record, location, checksum, trailer)
         headers["Upload-Offset"] = str(record.offset)
     else:  # an empty upload is finished as it is created
         with svc.lifecycle.finishing_commit(record, request.environ, record.is_complete):
             svc.registry.create(record)
     svc.lifecycle.tell(POST_CREATE, record, request.environ, f"{record.id}.post-create")
     headers.update(svc.expiry.header(record))
-    return _empty(201, headers=headers)
+    return empty_response(201, headers=headers)
 
 
-def _ask_pre_create(record: UploadRecord) -> dict[str, str]:
+def ask_pre_create(record: UploadRecord) -> dict[str, str]:
     """The pre-create hooks: they may refuse, or replace the metadata; their headers."""
     request.environ[UPLOAD_ID] = record.id
     answer = services().lifecycle.ask(PRE_CREATE, record, request.environ)
@@ -330,20 +350,20 @@ def _ask_pre_create(record: UploadRecord) -> dict[str, str]:
     return answer.headers
 
 
-def _create_with_data(
+def create_with_data(
     record: UploadRecord, location: str, checksum: Checksum | None, trailer: bool
 ) -> UploadRecord:
     """creation-with-upload: stream the body into the upload being born."""
     registry = services().registry
     lease = registry.conceive(record)
     try:
-        record = _append(lease, record, checksum, trailer)
+        record = append_body(lease, record, checksum, trailer)
     except HookRefused as refused:
         if refused.event_type != PRE_FINISH:
             raise _located(refused, lease, record, location) from None
         if lease.born:  # earlier commits published it: delete it like a DELETE
             lease.release()
-            with _locked(record.id) as (held, stored):
+            with locked_upload(record.id) as (held, stored):
                 registry.forget(held, stored)
         else:
             registry.abandon(lease)
@@ -376,12 +396,12 @@ def _create_final(concat: str) -> Response:
         raise BadRequest("a final upload's length is the sum of its parts; omit Upload-Length")
     if request.headers.get("Upload-Defer-Length") is not None:
         raise BadRequest("a final upload cannot defer its length")
-    if _has_body():
+    if has_body():
         raise Forbidden("a final upload cannot carry data")
     raw_metadata = _metadata_header()
     part_ids = parse_final(concat, settings.base_path, settings.max_concat_parts)
     for part_id in part_ids:
-        _authorize("read", part_id)
+        authorize("read", part_id)
     parts = svc.concatenator.load_parts(part_ids)
     length = final_length(parts)
     if length is not None:
@@ -396,7 +416,7 @@ def _create_final(concat: str) -> Response:
         created=time.time(),
     )
     svc.expiry.stamp(record, record.created)
-    hook_headers = _ask_pre_create(record)
+    hook_headers = ask_pre_create(record)
     svc.registry.create(record)
     svc.lifecycle.tell(POST_CREATE, record, request.environ, f"{record.id}.post-create")
     svc.registry.add_waiting(record.id, part_ids)
@@ -407,7 +427,7 @@ def _create_final(concat: str) -> Response:
         # The final exists and HEAD or GET will join it again; the client
         # must learn its URL either way.
         log.warning("joining final upload %s failed for now: %s", record.id, error)
-    return _empty(201, headers={**hook_headers, "Location": upload_url(record.id)})
+    return empty_response(201, headers={**hook_headers, "Location": upload_url(record.id)})
 
 
 def _forget_if_a_part_vanished(final: UploadRecord) -> None:
@@ -420,7 +440,7 @@ def _forget_if_a_part_vanished(final: UploadRecord) -> None:
     registry = services().registry
     for part_id in final.parts:
         if registry.get(part_id) is None:
-            with _locked(final.id) as (lease, record):
+            with locked_upload(final.id) as (lease, record):
                 registry.forget(lease, record)
             raise NotFound(f"partial upload {part_id} does not exist")
 
@@ -460,9 +480,16 @@ def _creation_length(settings: Settings) -> int | None:
 
 @blueprint.route("/<upload_id>", methods=["GET", "HEAD"])
 def read(upload_id: str) -> Response:
-    """HEAD reports progress; GET downloads (one rule: Werkzeug pairs them)."""
-    _require_known_id(upload_id)
-    _authorize("read", upload_id)
+    """HEAD reports progress; GET downloads (one rule: Werkzeug pairs them).
+
+    With the IETF draft's version header both retrieve the offset: a plain GET
+    still downloads a finished upload.
+    """
+    require_known_id(upload_id)
+    authorize("read", upload_id)
+    interop = draft.version()
+    if interop is not None:
+        return draft.head(interop, upload_id)
     if request.method == "HEAD":
         return head(upload_id)
     return download(upload_id)
@@ -471,7 +498,7 @@ def read(upload_id: str) -> Response:
 def head(upload_id: str) -> Response:
     svc = services()
     svc.registry.settle(upload_id)
-    record = _load(upload_id)
+    record = load_upload(upload_id)
     if record.is_final and not record.is_complete:
         record = svc.concatenator.complete(upload_id, wait=svc.settings.lock_wait) or record
         parts = [svc.registry.get(part_id) for part_id in record.parts]
@@ -479,7 +506,7 @@ def head(upload_id: str) -> Response:
             record.length = final_length(parts)  # type: ignore[arg-type]
     headers = upload_headers(record)
     headers["Cache-Control"] = "no-store"
-    return _empty(200, headers=headers)
+    return empty_response(200, headers=headers)
 
 
 def upload_headers(record: UploadRecord) -> dict[str, str]:
@@ -505,6 +532,9 @@ def upload_headers(record: UploadRecord) -> dict[str, str]:
 
 @blueprint.route("/<upload_id>", methods=["PATCH"])
 def patch(upload_id: str) -> Response:
+    interop = draft.version()
+    if interop is not None:
+        return draft.append(interop, upload_id)
     if not is_offset_stream(request.headers.get("Content-Type")):
         raise UnsupportedMediaType("PATCH needs Content-Type: application/offset+octet-stream")
     offset_header = request.headers.get("Upload-Offset")
@@ -516,12 +546,12 @@ def patch(upload_id: str) -> Response:
         None if length_header is None else parse_uint(length_header.strip(), "Upload-Length")
     )
     checksum, trailer = _checksum_headers()
-    _require_known_id(upload_id)
-    _authorize("append", upload_id)
-    _load(upload_id)
+    require_known_id(upload_id)
+    authorize("append", upload_id)
+    load_upload(upload_id)
 
     try:
-        with _locked(upload_id) as (lease, record):
+        with locked_upload(upload_id) as (lease, record):
             if record.is_final:
                 raise Forbidden("a final concatenated upload cannot be patched")
             if offset != record.offset:
@@ -532,7 +562,7 @@ def patch(upload_id: str) -> Response:
             if new_length is not None:
                 _declare_length(lease, record, new_length)
             try:
-                record = _append(lease, record, checksum, trailer)
+                record = append_body(lease, record, checksum, trailer)
             except HookRefused as refused:
                 if refused.event_type == PRE_FINISH:
                     services().registry.forget(lease, record)  # a refused finish deletes it
@@ -543,7 +573,7 @@ def patch(upload_id: str) -> Response:
             _join_waiting_finals(services().registry.get(upload_id))
         raise
     _join_waiting_finals(record)
-    return _empty(204, headers=_after_append_headers(record))
+    return empty_response(204, headers=_after_append_headers(record))
 
 
 def _join_waiting_finals(record: UploadRecord | None) -> None:
@@ -581,7 +611,7 @@ def _checksum_headers() -> tuple[Checksum | None, bool]:
     return checksum, trailer
 
 
-def _append(
+def append_body(
     lease: Lease, record: UploadRecord, checksum: Checksum | None, trailer: bool = False
 ) -> UploadRecord:
     """Check the body fits, then stream it in."""
@@ -614,15 +644,15 @@ def _after_append_headers(record: UploadRecord) -> dict[str, str]:
 
 @blueprint.route("/<upload_id>", methods=["DELETE"])
 def delete(upload_id: str) -> Response:
-    _require_known_id(upload_id)
-    _authorize("delete", upload_id)
-    _load(upload_id)
+    require_known_id(upload_id)
+    authorize("delete", upload_id)
+    load_upload(upload_id)
     lifecycle = services().lifecycle
-    with _locked(upload_id) as (lease, record):
+    with locked_upload(upload_id) as (lease, record):
         lifecycle.ask(PRE_TERMINATE, record, request.environ)
         services().registry.forget(lease, record)
     lifecycle.tell(POST_TERMINATE, record, request.environ, f"{upload_id}.post-terminate")
-    return _empty(204)
+    return empty_response(204)
 
 
 # --------------------------------------------------------------------------
@@ -632,7 +662,7 @@ def delete(upload_id: str) -> Response:
 
 def download(upload_id: str) -> Response:
     svc = services()
-    record = _load(upload_id)
+    record = load_upload(upload_id)
     if record.is_final and not record.is_complete:
         record = svc.concatenator.complete(upload_id, wait=svc.settings.lock_wait) or record
     if not record.is_complete:
@@ -646,19 +676,19 @@ def download(upload_id: str) -> Response:
 # --------------------------------------------------------------------------
 
 
-def _authorize(action: str, upload_id: str | None) -> None:
+def authorize(action: str, upload_id: str | None) -> None:
     """Ask the configured access-control hook, before anything is changed or shown."""
     authorizer = services().authorizer
     if authorizer is not None and authorizer(action, upload_id, request) is False:
         raise Forbidden(f"not allowed to {action} this upload")
 
 
-def _require_known_id(upload_id: str) -> None:
+def require_known_id(upload_id: str) -> None:
     if not is_valid_upload_id(upload_id):
         raise NotFound("no such upload")
 
 
-def _load(upload_id: str) -> UploadRecord:
+def load_upload(upload_id: str) -> UploadRecord:
     record = services().registry.get(upload_id)
     if record is None:
         raise NotFound("no such upload")
@@ -670,24 +700,24 @@ def _load(upload_id: str) -> UploadRecord:
 
 
 @contextmanager
-def _locked(upload_id: str) -> Iterator[tuple[Lease, UploadRecord]]:
+def locked_upload(upload_id: str) -> Iterator[tuple[Lease, UploadRecord]]:
     """The upload's lock and its record as read under the lock."""
     registry = services().registry
     lease = registry.acquire(upload_id)
     try:
-        yield lease, _load(upload_id)
+        yield lease, load_upload(upload_id)
     finally:
         lease.release()
 
 
-def _empty(status: int, headers: dict[str, str] | None = None) -> Response:
+def empty_response(status: int, headers: dict[str, str] | None = None) -> Response:
     """A response without a body, and so without a Content-Type."""
     response = Response(status=status, headers=headers)
     del response.headers["Content-Type"]
     return response
 
 
-def _has_body() -> bool:
+def has_body() -> bool:
     return bool(request.content_length) or _is_chunked()
 
 

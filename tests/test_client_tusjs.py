@@ -158,13 +158,16 @@ def events_of(result: dict, kind: str) -> list[dict]:
     return [event for event in result["events"] if event["type"] == kind]
 
 
-def assert_sequential_patches(patches: list[dict], start: int, size: int) -> None:
+def assert_sequential_patches(
+    patches: list[dict], start: int, size: int, content_type: str | None = OFFSET_STREAM,
+    statuses: tuple[int, ...] = (204,),
+) -> None:
     """Each PATCH starts where the server said the previous one ended, up to the end."""
     offset = start
     for patch in patches:
         assert int(patch["headers"]["Upload-Offset"]) == offset, patch
-        assert patch["headers"]["Content-Type"] == OFFSET_STREAM
-        assert patch["status"] == 204, patch
+        assert patch["headers"].get("Content-Type") == content_type
+        assert patch["status"] in statuses, patch
         answered = int(patch["response"]["Upload-Offset"])
         assert answered == min(offset + CHUNK, size), patch
         offset = answered
@@ -467,3 +470,56 @@ def test_tusjs_remove_fingerprint_on_success(
     assert result["storage"] == []
     assert json.loads(storage.read_text()) == {}
     assert_finished(tus, url, data)
+
+
+# --------------------------------------------------------------------------
+# The IETF draft: tus-js-client's protocol option (draft.py)
+# --------------------------------------------------------------------------
+
+#: tus-js-client's IETF modes and the interop version each sends.
+IETF_MODES = {"ietf-draft-03": "5", "ietf-draft-05": "6"}
+#: The Content-Type of its appends: none in -03 (interop 5 asks for none).
+IETF_APPEND_TYPES = {"ietf-draft-03": None, "ietf-draft-05": "application/partial-upload"}
+
+
+@pytest.mark.parametrize("mode", sorted(IETF_MODES))
+def test_tusjs_ietf_draft_upload(
+    node: Node, server: Server, tus: TusClient, tmp_path: Path, mode: str
+) -> None:
+    """protocol: 'ietf-draft-03' / '-05', in 4 MiB appends, byte-exact, no tus header."""
+    path, data = write_file(tmp_path, SIZE, seed=41)
+    result = run_tusjs(node, endpoint=server.endpoint, file=str(path), chunkSize=CHUNK,
+                       options={"protocol": mode})
+    url = result["url"]
+    assert url.startswith(server.endpoint)
+    sent = requests_of(result)
+    assert all(r["headers"].get("Upload-Draft-Interop-Version") == IETF_MODES[mode]
+               for r in sent), sent
+    assert all("Tus-Resumable" not in r["headers"] for r in sent)
+    assert all("Tus-Resumable" not in r.get("response", {}) for r in sent)
+    patches = requests_of(result, "PATCH")
+    assert patches and patches[-1]["headers"]["Upload-Complete"] == "?1"
+    assert_finished(tus, url, data)
+
+
+@pytest.mark.parametrize("mode", sorted(IETF_MODES))
+def test_tusjs_ietf_draft_abort_and_resume(
+    node: Node, server: Server, tus: TusClient, tmp_path: Path, mode: str
+) -> None:
+    """Aborted inside an append on a slow link; a new Upload resumes the same URL."""
+    path, data = write_file(tmp_path, SIZE, seed=42)
+    result = run_tusjs(
+        node, endpoint=server.endpoint, file=str(path), chunkSize=CHUNK, source="stream",
+        urlStorage=str(tmp_path / "storage.json"), abortAtSent=CHUNK + CHUNK // 2,
+        throttle={"piece": 256 * 1024, "delayMs": 10}, options={"protocol": mode},
+    )
+    (aborted,) = events_of(result, "aborted")
+    assert result["url"] == aborted["url"]
+    assert requests_of(result, "POST", phase=2) == []
+    head, *patches = requests_of(result, phase=2)
+    assert head["method"] == "HEAD" and head["status"] in (200, 204)
+    resumed_at = int(head["response"]["Upload-Offset"])
+    assert CHUNK <= resumed_at < SIZE
+    # Interop 5 and 6 answer an incomplete append 201, the completing one 201 or 204.
+    assert_sequential_patches(patches, resumed_at, SIZE, IETF_APPEND_TYPES[mode], (201, 204))
+    assert_finished(tus, result["url"], data)

@@ -370,3 +370,26 @@ def test_the_extension_decorator(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no such event"):
         uploads.hook("post-upload")
 
+
+
+def test_draft_uploads_reach_the_same_receivers(hooked: Server, receiver: HookReceiver) -> None:
+    """An IETF draft upload is an upload like any other: its name and type are metadata."""
+    import requests
+
+    draft = {"Upload-Draft-Interop-Version": "9"}
+    response = requests.post(hooked.endpoint, timeout=10, headers={  # careful: no 104
+        **draft, "Upload-Complete": "?0", "Upload-Length": "11",
+        "Content-Type": "text/plain", "Content-Disposition": 'attachment; filename="n.txt"'})
+    assert response.status_code == 201
+    url = response.headers["Location"]
+    upload_id = _upload_id(url)
+    done = requests.patch(url, data=b"draft bytes", timeout=10, headers={
+        **draft, "Upload-Complete": "?1", "Upload-Offset": "0",
+        "Content-Type": "application/partial-upload"})
+    assert done.status_code == 204
+    assert wait_until(lambda: receiver.events("post-finish", upload_id), 5)
+    [finish] = receiver.events("post-finish", upload_id)
+    upload = finish["payload"]["Event"]["Upload"]
+    assert upload["MetaData"] == {"filename": "n.txt", "filetype": "text/plain"}
+    assert (upload["Size"], upload["Offset"]) == (11, 11)
+    assert receiver.events("pre-create", upload_id)

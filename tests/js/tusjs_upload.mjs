@@ -38,8 +38,17 @@ const REQUEST_HEADERS = [
   'Upload-Concat',
   'Content-Type',
   'X-HTTP-Method-Override',
+  'Upload-Draft-Interop-Version',
+  'Upload-Complete',
 ];
-const RESPONSE_HEADERS = ['Location', 'Upload-Offset', 'Upload-Length', 'Upload-Concat'];
+const RESPONSE_HEADERS = [
+  'Location',
+  'Upload-Offset',
+  'Upload-Length',
+  'Upload-Concat',
+  'Upload-Complete',
+  'Tus-Resumable',
+];
 
 const spec = JSON.parse(process.argv[2] ?? '{}');
 const events = [];
