@@ -336,9 +336,15 @@ def append(draft: int, upload_id: str) -> Response:
 
 
 def _after_completion(draft: int, record: UploadRecord, offset: int, complete: bool) -> Response:
-    """An append to a finished upload: the lost final answer again (9), else refused."""
-    empty = not views.has_body()
-    if draft >= 9 and empty and complete and offset == record.offset:
+    """An append to an upload whose offset reached its length.
+
+    An empty completing append at that offset succeeds: it is the client's
+    own completion after sending the last bytes with ``?0`` (this server's
+    uploads complete with their length), or, in 9, a client asking again
+    for a final answer it lost. Content is refused: ``completed-upload`` in
+    6 to 8, an inconsistent length in 9.
+    """
+    if complete and offset == record.offset and not views.has_body():
         return _answer(draft, record, created=False)
     if 6 <= draft <= 8:
         raise Problem(400, "completed-upload", "the upload is already complete",

@@ -268,9 +268,27 @@ def test_27_a_new_append_takes_over_a_stuck_one(draft: Draft) -> None:
         stuck.close()
 
 
+def test_21_completion_by_an_empty_append(draft: Draft) -> None:
+    """All bytes sent with ?0, then an empty ?1: complete, in every version."""
+    url = draft.new(100, pattern_bytes(100))
+    done = draft.append(url, 100, b"", complete="?1")
+    assert done.status_code == 204 and done.headers["Upload-Complete"] == "?1"
+
+
 def test_28_29_cancellation(draft: Draft) -> None:
     url = upload_at_50(draft)
-    assert draft.session.delete(url, headers=draft.headers(), timeout=10).status_code == 204
+    path = url.split(str(draft.server.port), 1)[1]
+    streaming = socket.create_connection(("127.0.0.1", draft.server.port))
+    try:  # a request still streaming into it is ended by the DELETE (lock release)
+        streaming.sendall((f"PATCH {path} HTTP/1.1\r\nHost: x\r\n"
+                           "Upload-Draft-Interop-Version: 9\r\nUpload-Offset: 50\r\n"
+                           f"Upload-Complete: ?0\r\nContent-Type: {PU}\r\n"
+                           "Content-Length: 50\r\n\r\n").encode() + pattern_bytes(10))
+        assert wait_until(lambda: draft.head(url).headers["Upload-Offset"] == "60", 5)
+        deleted = draft.session.delete(url, headers=draft.headers(), timeout=10)
+        assert deleted.status_code == 204
+    finally:
+        streaming.close()
     assert draft.head(url).status_code == 404
     assert draft.session.delete(url, headers=draft.headers(), timeout=10).status_code == 404
 
@@ -302,13 +320,13 @@ def test_versions_creation_and_append(server: Server, version: int) -> None:
     if version >= 6:
         loose = draft.append(url, 20, pattern_bytes(10), complete="?1")
     assert draft.flag(loose) is True
+    # An empty completing append at the final offset succeeds in every version.
     again = draft.append(url, 30, b"", complete="?1")
-    if version == 9:
-        assert again.status_code == 204 and draft.flag(again) is True
-    else:
-        assert again.status_code == 400
-        if version >= 6:
-            problem(again, "completed-upload" if version <= 8 else "inconsistent-upload-length")
+    assert again.status_code == (201 if version <= 6 else 204) and draft.flag(again) is True
+    more = draft.append(url, 30, b"x", complete="?1")
+    assert more.status_code == 400
+    if version >= 6:
+        problem(more, "completed-upload" if version <= 8 else "inconsistent-upload-length")
     head = draft.head(url)
     assert head.status_code == 204 and draft.flag(head) is True
 
