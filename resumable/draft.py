@@ -33,6 +33,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -173,7 +174,7 @@ def _content_digest() -> Checksum | None:
     return None
 
 
-def _digest_checked(draft: int, append: Any) -> UploadRecord:
+def _digest_checked(draft: int, append: Callable[[], UploadRecord]) -> UploadRecord:
     """Run ``append``; a content that does not match its Content-Digest is not kept (400)."""
     try:
         return append()
@@ -261,13 +262,7 @@ def create(draft: int) -> Response:
     digest = _content_digest()
     if views.has_body():
         _announce(draft, location)
-        record = _digest_checked(
-            draft, lambda: views.create_with_data(record, location, digest, False)
-        )
-    else:
-        with svc.lifecycle.finishing_commit(record, request.environ, record.is_complete):
-            svc.registry.create(record)
-    svc.lifecycle.tell("post-create", record, request.environ, f"{record.id}.post-create")
+    record = _digest_checked(draft, lambda: views.create_upload(record, location, digest))
     if complete and record.length is None:
         record = _declare_final_length(record)
     return _answer(draft, record, created=True)

@@ -59,7 +59,7 @@ from .hooks_http import HttpHookSender
 from .ledger import FinishLedger, Owed
 from .protocol import TusError, parse_metadata
 from .records import UploadRecord
-from .registry import RegistryUnavailable
+from .registry import Registry, RegistryUnavailable
 from .settings import HOOK_EVENTS, Settings
 from .store import Store
 
@@ -143,7 +143,7 @@ class Lifecycle:
         self,
         settings: Settings,
         store: Store,
-        registry: Any,
+        registry: Registry,
         receivers: dict[str, list[Receiver]] | None = None,
         http: HttpHookSender | None = None,
     ):
@@ -162,7 +162,7 @@ class Lifecycle:
         self._update()
 
     @classmethod
-    def from_settings(cls, settings: Settings, store: Store, registry: Any) -> Lifecycle:
+    def from_settings(cls, settings: Settings, store: Store, registry: Registry) -> Lifecycle:
         return cls(
             settings,
             store,
@@ -231,6 +231,10 @@ class Lifecycle:
             return
         event = self.event(event_type, record, environ, event_id or str(uuid.uuid4()))
         self._submit(self._deliver, event, then)
+
+    def created(self, record: UploadRecord, environ: dict | None) -> None:
+        """post-create, with the one id an upload's creation has."""
+        self.tell(POST_CREATE, record, environ, f"{record.id}.post-create")
 
     # -- finishing -------------------------------------------------------------------
 

@@ -42,7 +42,6 @@ back from the file, which the page cache still holds.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
 import math
@@ -205,7 +204,7 @@ class Appender:
     store: Store
     pool: BufferPool
     expiry: ExpiryPolicy
-    lifecycle: Lifecycle | None = None
+    lifecycle: Lifecycle
 
     def append(
         self,
@@ -249,7 +248,7 @@ class _Run:
         self.environ = environ
         #: Told of progress and of the finish, when receivers want them.
         self.lifecycle = appender.lifecycle
-        reports = self.lifecycle is not None and self.lifecycle.wants(POST_RECEIVE)
+        reports = self.lifecycle.wants(POST_RECEIVE)
         self.progress_interval = self.settings.progress_interval if reports else math.inf
         #: A receiver's answer that stopped the upload (set from a delivery thread).
         self.stopped_by: HookAnswer | None = None
@@ -501,7 +500,7 @@ class _Run:
     def _report_progress(self, now: float) -> None:
         """post-receive, when bytes came since the last one; its answer may stop us."""
         self.next_progress = now + self.progress_interval
-        if self.written == self.reported or self.lifecycle is None:
+        if self.written == self.reported:
             return
         self.reported = self.written
         received = dataclasses.replace(self.record, offset=self.start + self.written)
@@ -561,7 +560,9 @@ class _Run:
             self.expiry.stamp(self.record, time.time())
             # The store completed the upload before a crash took the commit: the
             # finish is announced now (its ledger entry may have been dropped since).
-            with self._finishing_commit(self.record, self.record.is_complete):
+            with self.lifecycle.finishing_commit(
+                self.record, self.environ, self.record.is_complete
+            ):
                 self.registry.save(self.lease, self.record)
             raise OffsetConflict(
                 f"the upload's offset is {ahead.offset}", self._offset_header()
@@ -576,7 +577,7 @@ class _Run:
         self.expiry.stamp(settled, now)
         # A refused or failed pre-finish leaves the upload's last bytes unacknowledged.
         finishes = settled.is_complete and self.record.offset < offset
-        with self._finishing_commit(settled, finishes):
+        with self.lifecycle.finishing_commit(settled, self.environ, finishes):
             if self.written > self.committed:
                 if not self.lease.is_valid():
                     # A store's own record (S3's) is written by settle: never by a
@@ -590,14 +591,6 @@ class _Run:
         if not self.staged:
             self.commit_due = time.monotonic() + self._commit_interval()
         self._schedule()
-
-    def _finishing_commit(
-        self, record: UploadRecord, finishes: bool
-    ) -> contextlib.AbstractContextManager[None]:
-        """Around the commit that finishes the upload: its lifecycle events (lifecycle.py)."""
-        if self.lifecycle is None or not finishes:
-            return contextlib.nullcontext()
-        return self.lifecycle.finishing_commit(record, self.environ)
 
     def _stopped(self) -> UploadRecord:
         """The process stops: the body ends here, cut short, and what arrived is kept.

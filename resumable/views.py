@@ -29,7 +29,6 @@ from .forwarded import PublicView, public_view
 from .gc import CollectorThread
 from .hooks import Authorizer
 from .lifecycle import (
-    POST_CREATE,
     POST_TERMINATE,
     PRE_CREATE,
     PRE_FINISH,
@@ -326,15 +325,26 @@ def create() -> Response:
     hook_headers = ask_pre_create(record)
     location = upload_url(record.id)
     headers = {**hook_headers, "Location": location}
+    record = create_upload(record, location, checksum, trailer)
     if with_body:
-        record = create_with_data(record, location, checksum, trailer)
         headers["Upload-Offset"] = str(record.offset)
-    else:  # an empty upload is finished as it is created
-        with svc.lifecycle.finishing_commit(record, request.environ, record.is_complete):
-            svc.registry.create(record)
-    svc.lifecycle.tell(POST_CREATE, record, request.environ, f"{record.id}.post-create")
     headers.update(svc.expiry.header(record))
     return empty_response(201, headers=headers)
+
+
+def create_upload(
+    record: UploadRecord, location: str, checksum: Checksum | None = None, trailer: bool = False
+) -> UploadRecord:
+    """Make a new upload exist, with the request's body streamed in when it has one
+    (an empty upload is finished as it is created); then post-create."""
+    svc = services()
+    if has_body():
+        record = create_with_data(record, location, checksum, trailer)
+    else:
+        with svc.lifecycle.finishing_commit(record, request.environ, record.is_complete):
+            svc.registry.create(record)
+    svc.lifecycle.created(record, request.environ)
+    return record
 
 
 def ask_pre_create(record: UploadRecord) -> dict[str, str]:
@@ -418,7 +428,7 @@ def _create_final(concat: str) -> Response:
     svc.expiry.stamp(record, record.created)
     hook_headers = ask_pre_create(record)
     svc.registry.create(record)
-    svc.lifecycle.tell(POST_CREATE, record, request.environ, f"{record.id}.post-create")
+    svc.lifecycle.created(record, request.environ)
     svc.registry.add_waiting(record.id, part_ids)
     _forget_if_a_part_vanished(record)
     try:
