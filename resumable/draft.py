@@ -39,8 +39,7 @@ from urllib.parse import unquote
 
 from flask import Response, request
 
-from . import views
-from .checksum import Checksum, parse_checksum
+from . import digests, views
 from .protocol import (
     BadRequest,
     ChecksumMismatch,
@@ -145,35 +144,6 @@ def limits(draft: int) -> dict[str, str]:
     return {"Upload-Limit": dictionary(values or {"min-size": 0})}
 
 
-#: RFC 9530 algorithm names, and this server's names for them.
-_DIGESTS = {"sha-256": "sha256", "sha-512": "sha512"}
-
-
-def _content_digest() -> Checksum | None:
-    """``Content-Digest`` (RFC 9530): the request content's digest, verified as it streams.
-
-    The first member of an algorithm this server computes (sha-256, sha-512)
-    is checked; a field naming only others is accepted unverified, as RFC
-    9530 lets a recipient do.
-    """
-    raw = request.headers.get("Content-Digest")
-    if raw is None:
-        return None
-    for member in raw.split(","):
-        key, _, value = member.strip().partition("=")
-        algorithm = _DIGESTS.get(key.strip().lower())
-        value = value.split(";")[0].strip()
-        if algorithm is None:
-            continue
-        if len(value) < 2 or value[0] != ":" or value[-1] != ":":
-            raise BadRequest("Content-Digest values are byte sequences: sha-256=:<base64>:")
-        try:
-            return parse_checksum(f"{algorithm} {value[1:-1]}")
-        except BadRequest:
-            raise BadRequest(f"Content-Digest {key.strip()} is not a valid digest") from None
-    return None
-
-
 def _digest_checked(draft: int, append: Callable[[], UploadRecord]) -> UploadRecord:
     """Run ``append``; a content that does not match its Content-Digest is not kept (400)."""
     try:
@@ -217,6 +187,7 @@ def state_headers(draft: int, record: UploadRecord) -> dict[str, str]:
     if record.length is not None:
         headers["Upload-Length"] = str(record.length)
     headers.update(limits(draft))
+    headers.update(digests.field(record))
     return headers
 
 
@@ -253,13 +224,15 @@ def create(draft: int) -> Response:
         raise PayloadTooLarge(f"the upload is larger than {settings.max_size} bytes",
                               limits(draft))
     record = UploadRecord(id=new_upload_id(), length=length, created=time.time())
+    record.digest = digests.asked(request.headers.get("Repr-Digest"),
+                                  request.headers.get("Want-Repr-Digest"))
     metadata = _metadata()
     if metadata:
         record.metadata = encode_metadata(metadata)
     svc.expiry.stamp(record, record.created)
     views.ask_pre_create(record)
     location = views.upload_url(record.id)
-    digest = _content_digest()
+    digest = digests.content_digest(request.headers.get("Content-Digest"))
     if views.has_body():
         _announce(draft, location)
     record = _digest_checked(draft, lambda: views.create_upload(record, location, digest))
@@ -294,7 +267,7 @@ def append(draft: int, upload_id: str) -> Response:
         raise BadRequest("Upload-Complete must be ?1 or ?0" if draft > 3
                          else "Upload-Incomplete must be ?1 or ?0")
     new_length = _length_header()
-    digest = _content_digest()
+    digest = digests.content_digest(request.headers.get("Content-Digest"))
     views.require_known_id(upload_id)
     views.authorize("append", upload_id)
     views.load_upload(upload_id)
@@ -320,9 +293,10 @@ def append(draft: int, upload_id: str) -> Response:
         if length != record.length:
             views.services().concatenator.save_length(lease, record, length)
         try:
-            record = _digest_checked(
-                draft, lambda: views.append_body(lease, record, digest, False)
-            )
+            with views.deleted_if_finish_refused(lease, record):
+                record = _digest_checked(
+                    draft, lambda: views.append_body(lease, record, digest, False)
+                )
         except PayloadTooLarge:
             raise _inconsistent(draft, "the body runs past the upload's length") from None
     if complete and record.length is None:
@@ -354,8 +328,10 @@ def _declare_final_length(record: UploadRecord) -> UploadRecord:
         if stored.length is None:
             stored.length = stored.offset
             svc.expiry.stamp(stored, time.time())
-            with svc.lifecycle.finishing_commit(stored, request.environ):
-                svc.registry.save(lease, stored)
+            with views.deleted_if_finish_refused(lease, stored):
+                digests.verify(svc.store, stored)
+                with svc.lifecycle.finishing_commit(stored, request.environ):
+                    svc.registry.save(lease, stored)
         return stored
 
 

@@ -29,6 +29,10 @@ class UploadRecord:
     expires: float | None = None
     #: When the upload became complete (None before, and for records older than the field).
     finished: float | None = None
+    #: The representation digest an IETF draft creation asked for (digests.py):
+    #: ``"sha256 <base64>"`` to check or, once complete, as computed; ``"sha256"``
+    #: to compute at completion.
+    digest: str | None = None
 
     @property
     def is_complete(self) -> bool:

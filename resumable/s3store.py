@@ -288,6 +288,10 @@ class S3Store(Store):
             state = self._complete(record, state)
         self._write_info(record, state)
 
+    def assemble(self, record: UploadRecord) -> None:
+        if record.is_complete:
+            self.write_record(record)
+
     def read_record(self, upload_id: str) -> UploadRecord | None:
         info = self._read_info(upload_id)
         return None if info is None else info.record

@@ -138,6 +138,12 @@ class Store(ABC):
         StoredAhead when what lies past it cannot be dropped.
         """
 
+    def assemble(self, record: UploadRecord) -> None:
+        """Make a complete upload's bytes readable by ``open_data`` before the commit that
+        says it is complete (so they can be checked first). Files need nothing; object
+        storage puts its object together and notes it in its own record."""
+        return None
+
     @abstractmethod
     def open_data(self, upload_id: str) -> StoredData:
         """The bytes for a download; FileNotFoundError when they are gone."""

@@ -52,6 +52,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import digests
 from .body import ClientDisconnected, MalformedBody, RequestBody, open_body
 from .checksum import Checksum, parse_checksum
 from .events import POST_RECEIVE, HookAnswer
@@ -558,6 +559,8 @@ class _Run:
         except StoredAhead as ahead:
             self.record.offset = ahead.offset
             self.expiry.stamp(self.record, time.time())
+            # Its representation digest was not checked before the crash either.
+            digests.verify(self.store, self.record)
             # The store completed the upload before a crash took the commit: the
             # finish is announced now (its ledger entry may have been dropped since).
             with self.lifecycle.finishing_commit(
@@ -584,6 +587,9 @@ class _Run:
                     # holder that may have been replaced.
                     raise LeaseLost(self.record.id)
                 self._writer().settle(settled)
+            if finishes:
+                digests.verify(self.store, settled)
+                self.record.digest = settled.digest
             self.record.offset = offset
             self.expiry.stamp(self.record, now)
             self.registry.save(self.lease, self.record)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import MethodNotAllowed
 
-from . import draft
+from . import digests, draft
 from .checksum import ALGORITHMS, Checksum, parse_checksum
 from .concat import BackgroundJoins, Concatenator, final_length, parse_final
 from .cors import apply_cors
@@ -341,6 +341,7 @@ def create_upload(
     if has_body():
         record = create_with_data(record, location, checksum, trailer)
     else:
+        digests.verify(svc.store, record)  # an empty representation's, when asked for
         with svc.lifecycle.finishing_commit(record, request.environ, record.is_complete):
             svc.registry.create(record)
     svc.lifecycle.created(record, request.environ)
@@ -368,9 +369,9 @@ def create_with_data(
     lease = registry.conceive(record)
     try:
         record = append_body(lease, record, checksum, trailer)
-    except HookRefused as refused:
-        if refused.event_type != PRE_FINISH:
-            raise _located(refused, lease, record, location) from None
+    except TusError as error:
+        if not refuses_finish(error):
+            raise _located(error, lease, record, location) from None
         if lease.born:  # earlier commits published it: delete it like a DELETE
             lease.release()
             with locked_upload(record.id) as (held, stored):
@@ -378,8 +379,6 @@ def create_with_data(
         else:
             registry.abandon(lease)
         raise
-    except TusError as error:
-        raise _located(error, lease, record, location) from None
     except BaseException:
         registry.abandon(lease)
         raise
@@ -571,12 +570,8 @@ def patch(upload_id: str) -> Response:
                 )
             if new_length is not None:
                 _declare_length(lease, record, new_length)
-            try:
+            with deleted_if_finish_refused(lease, record):
                 record = append_body(lease, record, checksum, trailer)
-            except HookRefused as refused:
-                if refused.event_type == PRE_FINISH:
-                    services().registry.forget(lease, record)  # a refused finish deletes it
-                raise
     except TusError:
         # An ending such as 413 may still have committed a partial's last byte.
         with contextlib.suppress(Exception):
@@ -619,6 +614,25 @@ def _checksum_headers() -> tuple[Checksum | None, bool]:
     if trailer and not _is_chunked():
         raise BadRequest("an Upload-Checksum trailer needs a chunked body")
     return checksum, trailer
+
+
+def refuses_finish(error: TusError) -> bool:
+    """Whether ``error`` refused an upload's finish, which deletes the upload: a
+    pre-finish receiver said no, or the bytes do not match their Repr-Digest."""
+    if isinstance(error, HookRefused):
+        return error.event_type == PRE_FINISH
+    return isinstance(error, digests.RepresentationMismatch)
+
+
+@contextmanager
+def deleted_if_finish_refused(lease: Lease, record: UploadRecord) -> Iterator[None]:
+    """Around what may finish ``record`` (held by ``lease``): a refused finish deletes it."""
+    try:
+        yield
+    except TusError as error:
+        if refuses_finish(error):
+            services().registry.forget(lease, record)
+        raise
 
 
 def append_body(

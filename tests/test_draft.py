@@ -9,6 +9,8 @@ is read from a raw socket. Both registries.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import socket
 import time
 
@@ -453,18 +455,16 @@ def test_careful_creation_and_resumption_through_nginx(start_server) -> None:
     assert requests.get(url, timeout=30).content == data
 
 
+def digest(data: bytes, algorithm: str = "sha256") -> str:
+    """An RFC 9530 digest field's member for ``data``."""
+    value = base64.b64encode(hashlib.new(algorithm, data).digest()).decode()
+    return f"{algorithm.replace('sha', 'sha-')}=:{value}:"
+
+
 def test_content_digest_is_verified(draft: Draft) -> None:
     """RFC 9530 Content-Digest on an append: a mismatch keeps nothing; a match is kept."""
-    import base64
-    import hashlib
-
     url = upload_at_50(draft)
     body = pattern_bytes(20, seed=3)
-
-    def digest(data: bytes, algorithm: str = "sha256") -> str:
-        value = base64.b64encode(hashlib.new(algorithm, data).digest()).decode()
-        return f"{algorithm.replace('sha', 'sha-')}=:{value}:"
-
     wrong = draft.append(url, 50, body, **{"Content-Digest": digest(b"other")})
     assert wrong.status_code == 400 and wrong.headers["Upload-Complete"] == "?0"
     assert draft.head(url).headers["Upload-Offset"] == "50"
@@ -474,6 +474,71 @@ def test_content_digest_is_verified(draft: Draft) -> None:
     assert unknown.status_code == 204  # not an algorithm it verifies: taken as it is
     malformed = draft.append(url, 90, body, **{"Content-Digest": "sha-256=notbytes"})
     assert malformed.status_code == 400
+
+
+@pytest.mark.parametrize("version", [3, 6, 9])
+def test_repr_digest_is_checked_over_several_requests(server: Server, version: int) -> None:
+    """Repr-Digest on the creation covers the whole representation, checked once its last
+    byte is stored; the completing answer and offset retrieval repeat it."""
+    draft = Draft(server, version)
+    data = pattern_bytes(100, seed=version)
+    created = draft.create(data[:40], complete="?0", length="100",
+                           **{"Repr-Digest": f"md5=:AAAA:, {digest(data)}"})
+    assert created.status_code == 201 and "Repr-Digest" not in created.headers
+    url = created.headers["Location"]
+    done = draft.append(url, 40, data[40:], complete="?1")
+    assert done.status_code in (200, 201, 204) and draft.flag(done) is True
+    assert done.headers["Repr-Digest"] == digest(data)
+    assert draft.head(url).headers["Repr-Digest"] == digest(data)
+    assert requests.get(url, timeout=10).content == data
+
+
+def test_a_representation_unlike_its_repr_digest_is_deleted(draft: Draft) -> None:
+    data = pattern_bytes(100, seed=4)
+    before = set(draft.server.upload_ids())
+    url = draft.create(data[:40], complete="?0", length="100",
+                       **{"Repr-Digest": digest(b"something else")}).headers["Location"]
+    done = draft.append(url, 40, data[40:], complete="?1")
+    assert done.status_code == 400 and "Repr-Digest" in done.text
+    assert draft.head(url).status_code == 404
+    assert requests.get(url, timeout=10).status_code in (404, 410)
+    whole = draft.create(data, complete="?1", **{"Repr-Digest": digest(data[1:], "sha512")})
+    assert whole.status_code == 400
+    assert set(draft.server.upload_ids()) == before  # nothing of either is left
+
+
+def test_want_repr_digest_asks_for_the_servers_digest(draft: Draft) -> None:
+    data = pattern_bytes(70, seed=5)
+    response = draft.create(data, complete="?1",
+                            **{"Want-Repr-Digest": "sha-256=3, sha-512=7, md5=10"})
+    assert response.status_code == 201
+    assert response.headers["Repr-Digest"] == digest(data, "sha512")
+    ignored = draft.create(data, complete="?1", **{"Want-Repr-Digest": "sha-256=0"})
+    assert ignored.status_code == 201 and "Repr-Digest" not in ignored.headers
+
+
+def test_repr_digest_when_the_length_comes_with_the_last_bytes(draft: Draft) -> None:
+    """A completing append of unknown length (chunked): the length, then the check."""
+    data = pattern_bytes(60, seed=6)
+    for expected, status in ((data, 204), (data + b"!", 400)):
+        url = draft.create(data[:10], complete="?0",
+                           **{"Repr-Digest": digest(expected)}).headers["Location"]
+        done = draft.append(url, 10, iter([data[10:35], data[35:]]), complete="?1")
+        assert done.status_code == status, done.text
+        assert draft.head(url).status_code == (204 if status == 204 else 404)
+        if status == 204:
+            assert requests.get(url, timeout=10).content == data
+
+
+def test_repr_digest_of_an_empty_representation(draft: Draft) -> None:
+    empty = draft.create(b"", complete="?1", **{"Repr-Digest": digest(b"")})
+    assert empty.status_code == 201 and empty.headers["Repr-Digest"] == digest(b"")
+    before = set(draft.server.upload_ids())
+    wrong = draft.create(b"", complete="?1", **{"Repr-Digest": digest(b"x")})
+    assert wrong.status_code == 400
+    malformed = draft.create(b"abc", complete="?1", **{"Repr-Digest": "sha-256=:AAAA:"})
+    assert malformed.status_code == 400 and "Repr-Digest" in malformed.text
+    assert set(draft.server.upload_ids()) == before
 
 
 @pytest.mark.parametrize("method", ["PUT", "PATCH"])

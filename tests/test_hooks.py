@@ -393,3 +393,37 @@ def test_draft_uploads_reach_the_same_receivers(hooked: Server, receiver: HookRe
     assert upload["MetaData"] == {"filename": "n.txt", "filetype": "text/plain"}
     assert (upload["Size"], upload["Offset"]) == (11, 11)
     assert receiver.events("pre-create", upload_id)
+
+
+@pytest.mark.parametrize("refusal", ["pre-finish", "repr-digest"])
+def test_a_refused_draft_finish_deletes_the_upload(
+    hooked: Server, receiver: HookReceiver, refusal: str
+) -> None:
+    """A draft upload's finish refused, by a pre-finish receiver or because the bytes do
+    not match the creation's Repr-Digest: the upload is gone and post-finish never comes."""
+    import base64
+    import hashlib
+
+    import requests
+
+    if refusal == "pre-finish":
+        receiver.answer = lambda payload: (
+            {"RejectUpload": True, "HTTPResponse": {"StatusCode": 422, "Body": "no"}}
+            if payload["Type"] == "pre-finish" else {})
+    meant = base64.b64encode(hashlib.sha256(b"other bytes").digest()).decode()
+    draft = {"Upload-Draft-Interop-Version": "9"}
+    response = requests.post(hooked.endpoint, timeout=10, headers={
+        **draft, "Upload-Complete": "?0", "Upload-Length": "11",
+        "Repr-Digest": f"sha-256=:{meant}:" if refusal == "repr-digest" else "sha-512=:AA==:"})
+    assert response.status_code == (201 if refusal == "repr-digest" else 400)
+    if refusal == "pre-finish":  # that malformed digest refused: create it without one
+        response = requests.post(hooked.endpoint, timeout=10, headers={
+            **draft, "Upload-Complete": "?0", "Upload-Length": "11"})
+    url = response.headers["Location"]
+    done = requests.patch(url, data=b"draft bytes", timeout=10, headers={
+        **draft, "Upload-Complete": "?1", "Upload-Offset": "0",
+        "Content-Type": "application/partial-upload"})
+    assert done.status_code == (422 if refusal == "pre-finish" else 400), done.text
+    assert requests.head(url, headers=draft, timeout=10).status_code == 404
+    time.sleep(1)
+    assert receiver.events("post-finish", _upload_id(url)) == []

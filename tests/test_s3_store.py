@@ -12,6 +12,7 @@ client that drops mid-body.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import subprocess
@@ -119,6 +120,41 @@ def test_patches_alternating_between_hosts_make_one_object(hosts: list[Server]) 
     names = hosts[0].stored_names(upload_id)
     assert names == [upload_id, f"{upload_id}.info"], names
     assert spool_bytes(hosts[0]) == spool_bytes(hosts[1]) == 0
+
+
+@pytest.mark.parametrize("matches", [True, False])
+def test_a_draft_repr_digest_is_checked_against_the_assembled_object(
+    hosts: list[Server], matches: bool
+) -> None:
+    """An IETF draft upload of several parts, sent to two hosts: its Repr-Digest is
+    checked on the object once assembled; a mismatch leaves nothing in the bucket."""
+    data = pattern_bytes(12 * MiB + 3, seed=12)
+    meant = data if matches else data[:-1] + b"?"
+    value = base64.b64encode(hashlib.sha256(meant).digest()).decode()
+    draft = {"Upload-Draft-Interop-Version": "9"}
+    # Careful creation (no body, so no interim 104, which Python's client cannot read).
+    created = requests.post(hosts[0].endpoint, timeout=60, headers={
+        **draft, "Upload-Complete": "?0", "Upload-Length": str(len(data)),
+        "Repr-Digest": f"sha-256=:{value}:"})
+    assert created.status_code == 201, created.text
+    url = created.headers["Location"]
+    upload_id = url.rsplit("/", 1)[1]
+    append = {**draft, "Content-Type": "application/partial-upload"}
+    first = requests.patch(url, data=data[: 7 * MiB], timeout=60, headers={
+        **append, "Upload-Complete": "?0", "Upload-Offset": "0"})
+    assert first.status_code == 204, first.text
+    other = url.replace(hosts[0].endpoint, hosts[1].endpoint)
+    assert other != url
+    done = requests.patch(other, data=data[7 * MiB :], timeout=60, headers={
+        **append, "Upload-Complete": "?1", "Upload-Offset": str(7 * MiB)})
+    if matches:
+        assert done.status_code == 204, done.text
+        assert done.headers["Repr-Digest"] == f"sha-256=:{value}:"
+        assert object_sha256(hosts[1], upload_id)[0] == hashlib.sha256(data).hexdigest()
+    else:
+        assert done.status_code == 400, done.text
+        assert requests.head(url, headers=draft, timeout=10).status_code == 404
+        assert wait_until(lambda: hosts[0].stored_names(upload_id) == [], 10)
 
 
 def test_one_long_patch_keeps_the_spool_bounded(hosts: list[Server]) -> None:

@@ -236,6 +236,8 @@ def _hash_fields(record: UploadRecord) -> dict[str, str]:
         "parts": record.parts,
         "created": record.created,
     }
+    if record.digest is not None:
+        meta["digest"] = record.digest
     return {
         "offset": str(record.offset),
         "length": _optional(record.length),
@@ -260,6 +262,7 @@ def _from_hash(fields: dict[bytes, bytes]) -> UploadRecord:
         created=float(meta.get("created") or 0.0),
         expires=float(expires) if expires else None,
         finished=float(finished) if finished else None,
+        digest=meta.get("digest"),
     )
 
 
