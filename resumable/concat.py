@@ -32,17 +32,18 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from .expiry import ExpiryPolicy
-from .lifecycle import HookRefused, Lifecycle
+from .lifecycle import Lifecycle
 from .protocol import (
     MAX_UPLOAD_LENGTH,
     BadRequest,
     Locked,
     NotFound,
     PayloadTooLarge,
+    UploadRejected,
     is_valid_upload_id,
 )
 from .records import UploadRecord
-from .registry import Lease, LeaseLost, Mailbox, Registry
+from .registry import HeartbeatResult, Lease, LeaseLost, Registry
 from .store import Store
 
 log = logging.getLogger("resumable")
@@ -188,7 +189,7 @@ class Concatenator:
         def keep_lease() -> None:
             # A long copy outlives a Redis lock's TTL unless renewed;
             # a lost lease means another request took over: stop.
-            if lease.heartbeat() is Mailbox.LOST:
+            if lease.heartbeat() is HeartbeatResult.LOST:
                 raise LeaseLost(final_id)
 
         try:
@@ -203,8 +204,8 @@ class Concatenator:
             try:
                 with self.lifecycle.finishing_commit(final, None):
                     self.registry.save(lease, final)
-            except HookRefused:
-                self.registry.forget(lease, final)  # refused: it will never be joined
+            except UploadRejected:
+                self.registry.delete_upload(lease, final)  # refused: it will never be joined
                 raise
         self.registry.remove_waiting(final_id, final.parts)
         return final

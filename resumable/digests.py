@@ -24,7 +24,7 @@ import contextlib
 import hashlib
 
 from .checksum import Checksum, parse_checksum
-from .protocol import BadRequest, TusError
+from .protocol import BadRequest, UploadRejected
 from .records import UploadRecord
 from .store import Store
 
@@ -34,13 +34,11 @@ _FIELD_NAMES = {ours: theirs for theirs, ours in ALGORITHMS.items()}
 _READ_SIZE = 1024 * 1024
 
 
-class RepresentationMismatch(TusError):
+class RepresentationMismatch(UploadRejected):
     """The stored representation does not match the creation's ``Repr-Digest``.
 
     The upload is deleted: its bytes are the client's, but not the ones it meant.
     """
-
-    status = 400
 
 
 def _members(raw: str) -> list[tuple[str, str]]:

@@ -244,7 +244,7 @@ def create(draft: int) -> Response:
 def head(draft: int, upload_id: str) -> Response:
     """Offset retrieval (HEAD, and GET with the version's header)."""
     svc = views.services()
-    svc.registry.settle(upload_id)
+    svc.registry.await_holder_commit(upload_id)
     record = views.load_upload(upload_id)
     if record.is_final:
         raise BadRequest("a final concatenation is a tus upload")

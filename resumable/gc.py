@@ -87,7 +87,7 @@ def collect(
         try:
             record = registry.get(upload_id)
             if record is not None and doomed(record):
-                registry.forget(lease, record)
+                registry.delete_upload(lease, record)
                 report.expired += 1
                 log.info("deleted expired upload %s", upload_id)
         finally:

@@ -57,7 +57,7 @@ from .forwarded import public_view
 from .hooks import import_object
 from .hooks_http import HttpHookSender
 from .ledger import FinishLedger, Owed
-from .protocol import TusError, parse_metadata
+from .protocol import TusError, UploadRejected, parse_metadata
 from .records import UploadRecord
 from .registry import Registry, RegistryUnavailable
 from .settings import HOOK_EVENTS, Settings
@@ -95,6 +95,10 @@ class HookRefused(TusError):
         self.status = status
 
 
+class FinishRefused(HookRefused, UploadRejected):
+    """A pre-finish receiver refused the upload: it is deleted."""
+
+
 class HookUnavailable(TusError):
     """A receiver that must answer before the request goes on failed or timed out."""
 
@@ -105,7 +109,8 @@ def refusal(event_type: str, answer: HookAnswer) -> HookRefused:
     """The error a refusing (or stopping) answer turns into."""
     status = answer.status or 400
     body = answer.body if answer.body is not None else REFUSALS[event_type]
-    return HookRefused(event_type, status, body, answer.headers)
+    kind = FinishRefused if event_type == PRE_FINISH else HookRefused
+    return kind(event_type, status, body, answer.headers)
 
 
 def load_receivers(spec: str | None) -> dict[str, list[Receiver]]:

@@ -137,6 +137,13 @@ class UnsupportedMediaType(TusError):
     status = 415
 
 
+class UploadRejected(TusError):
+    """The upload may not finish, so it is deleted: a pre-finish receiver refused it,
+    or its bytes do not match the digest its creation named."""
+
+    status = 400
+
+
 class Locked(TusError):
     """Another request holds the upload and did not let go in time."""
 

@@ -69,7 +69,7 @@ from .protocol import (
     RequestTimeout,
 )
 from .records import UploadRecord
-from .registry import Lease, LeaseLost, Mailbox, Registry
+from .registry import HeartbeatResult, Lease, LeaseLost, Registry
 from .settings import Settings
 from .stopping import this_process
 from .store import Store, StoredAhead, UploadWriter
@@ -487,14 +487,14 @@ class _Run:
         if now >= self.window_end:
             self._check_rate(now)
         state = self._renew(now, asked=self.wakeup.answer())
-        if state is Mailbox.HARD_RELEASE:
+        if state is HeartbeatResult.HARD_RELEASE:
             raise _HandOver()
-        if not self.staged and (state is Mailbox.SOFT_RELEASE or now >= self.commit_due):
+        if not self.staged and (state is HeartbeatResult.SOFT_RELEASE or now >= self.commit_due):
             if self.written > self.committed:
                 self._commit()
             else:
                 self.commit_due = now + self._commit_interval()
-        if state is Mailbox.SOFT_RELEASE:
+        if state is HeartbeatResult.SOFT_RELEASE:
             self.lease.acknowledge()
         self._schedule()
 
@@ -515,16 +515,16 @@ class _Run:
             self.next_check = 0.0
             self.wakeup.ring()
 
-    def _renew(self, now: float, asked: bool = False) -> Mailbox:
+    def _renew(self, now: float, asked: bool = False) -> HeartbeatResult:
         """Renew the lease when due (or when a release request rang): the mailbox's state.
 
         Raises LeaseLost when the lock is no longer ours.
         """
-        state = Mailbox.HELD
+        state = HeartbeatResult.HELD
         if asked or now >= self.next_renewal:
             state = self.lease.heartbeat()  # renews (Redis) and reads the mailbox
             self.next_renewal = now + self.lease.interval
-        if state is Mailbox.LOST:
+        if state is HeartbeatResult.LOST:
             raise LeaseLost(self.record.id)
         return state
 

@@ -31,9 +31,7 @@ from .hooks import Authorizer
 from .lifecycle import (
     POST_TERMINATE,
     PRE_CREATE,
-    PRE_FINISH,
     PRE_TERMINATE,
-    HookRefused,
     HookUnavailable,
     Lifecycle,
 )
@@ -48,6 +46,7 @@ from .protocol import (
     PayloadTooLarge,
     TusError,
     UnsupportedMediaType,
+    UploadRejected,
     check_version,
     encode_metadata,
     is_offset_stream,
@@ -58,7 +57,6 @@ from .protocol import (
 )
 from .records import UploadRecord
 from .registry import Lease, LeaseLost, Registry
-from .registry.base import BirthLease
 from .responses import register_error_handlers
 from .settings import Settings
 from .store import Store
@@ -364,37 +362,19 @@ def ask_pre_create(record: UploadRecord) -> dict[str, str]:
 def create_with_data(
     record: UploadRecord, location: str, checksum: Checksum | None, trailer: bool
 ) -> UploadRecord:
-    """creation-with-upload: stream the body into the upload being born."""
-    registry = services().registry
-    lease = registry.conceive(record)
+    """creation-with-upload: stream the body into the upload being created.
+
+    A body that ends early still created the upload: the answer names it.
+    """
     try:
-        record = append_body(lease, record, checksum, trailer)
+        return services().registry.create_with_data(
+            record, lambda lease, new: append_body(lease, new, checksum, trailer)
+        )
+    except UploadRejected:
+        raise
     except TusError as error:
-        if not refuses_finish(error):
-            raise _located(error, lease, record, location) from None
-        if lease.born:  # earlier commits published it: delete it like a DELETE
-            lease.release()
-            with locked_upload(record.id) as (held, stored):
-                registry.forget(held, stored)
-        else:
-            registry.abandon(lease)
+        error.headers.setdefault("Location", location)
         raise
-    except BaseException:
-        registry.abandon(lease)
-        raise
-    finally:
-        lease.release()  # closes the data file if no append took it
-    if not lease.born:
-        registry.save(lease, record)
-    return record
-
-
-def _located(error: TusError, lease: BirthLease, record: UploadRecord, location: str) -> TusError:
-    """A creation that ends early still created the upload: the answer names it."""
-    if not lease.born:
-        services().registry.save(lease, record)
-    error.headers.setdefault("Location", location)
-    return error
 
 
 def _create_final(concat: str) -> Response:
@@ -429,7 +409,7 @@ def _create_final(concat: str) -> Response:
     svc.registry.create(record)
     svc.lifecycle.created(record, request.environ)
     svc.registry.add_waiting(record.id, part_ids)
-    _forget_if_a_part_vanished(record)
+    _delete_if_a_part_vanished(record)
     try:
         svc.concatenator.complete(record.id, wait=settings.lock_wait)
     except (TusError, LeaseLost, OSError) as error:
@@ -439,7 +419,7 @@ def _create_final(concat: str) -> Response:
     return empty_response(201, headers={**hook_headers, "Location": upload_url(record.id)})
 
 
-def _forget_if_a_part_vanished(final: UploadRecord) -> None:
+def _delete_if_a_part_vanished(final: UploadRecord) -> None:
     """Undo a final whose partial was deleted while it was being created.
 
     Such a final could only wait to be collected; the client learns which
@@ -450,7 +430,7 @@ def _forget_if_a_part_vanished(final: UploadRecord) -> None:
     for part_id in final.parts:
         if registry.get(part_id) is None:
             with locked_upload(final.id) as (lease, record):
-                registry.forget(lease, record)
+                registry.delete_upload(lease, record)
             raise NotFound(f"partial upload {part_id} does not exist")
 
 
@@ -506,7 +486,7 @@ def read(upload_id: str) -> Response:
 
 def head(upload_id: str) -> Response:
     svc = services()
-    svc.registry.settle(upload_id)
+    svc.registry.await_holder_commit(upload_id)
     record = load_upload(upload_id)
     if record.is_final and not record.is_complete:
         record = svc.concatenator.complete(upload_id, wait=svc.settings.lock_wait) or record
@@ -616,22 +596,14 @@ def _checksum_headers() -> tuple[Checksum | None, bool]:
     return checksum, trailer
 
 
-def refuses_finish(error: TusError) -> bool:
-    """Whether ``error`` refused an upload's finish, which deletes the upload: a
-    pre-finish receiver said no, or the bytes do not match their Repr-Digest."""
-    if isinstance(error, HookRefused):
-        return error.event_type == PRE_FINISH
-    return isinstance(error, digests.RepresentationMismatch)
-
-
 @contextmanager
 def deleted_if_finish_refused(lease: Lease, record: UploadRecord) -> Iterator[None]:
-    """Around what may finish ``record`` (held by ``lease``): a refused finish deletes it."""
+    """Around what may finish ``record`` (held by ``lease``): a refused finish
+    (UploadRejected) deletes it."""
     try:
         yield
-    except TusError as error:
-        if refuses_finish(error):
-            services().registry.forget(lease, record)
+    except UploadRejected:
+        services().registry.delete_upload(lease, record)
         raise
 
 
@@ -674,7 +646,7 @@ def delete(upload_id: str) -> Response:
     lifecycle = services().lifecycle
     with locked_upload(upload_id) as (lease, record):
         lifecycle.ask(PRE_TERMINATE, record, request.environ)
-        services().registry.forget(lease, record)
+        services().registry.delete_upload(lease, record)
     lifecycle.tell(POST_TERMINATE, record, request.environ, f"{upload_id}.post-terminate")
     return empty_response(204)
 

@@ -126,7 +126,7 @@ def test_with_wait_replicas_nothing_counts_that_no_replica_has(tmp_path: Path) -
     try:
         assert wait_until(lambda: b"state=online" in master.ask(b"INFO replication"), 30)
         registry = RedisRegistry(FileStore(tmp_path / "data"), connect(master.url, 4), "t:",
-                                 lock_ttl=5.0, lock_wait=0.5, heartbeat=0.5, wait_replicas=1)
+                                 lock_ttl=5.0, lock_wait=0.5, renewal_interval=0.5, wait_replicas=1)
         record = UploadRecord(id=new_upload_id(), length=10, created=1.0)
         registry.create(record)
         lease = registry.acquire(record.id)

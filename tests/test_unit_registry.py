@@ -20,7 +20,13 @@ from resumable.expiry import ExpiryPolicy
 from resumable.filestore import FileStore
 from resumable.protocol import Locked, new_upload_id
 from resumable.records import UploadRecord
-from resumable.registry import LeaseLost, Mailbox, Registry, RegistryUnavailable, ReleaseState
+from resumable.registry import (
+    HeartbeatResult,
+    LeaseLost,
+    Registry,
+    RegistryUnavailable,
+    ReleaseState,
+)
 from resumable.registry.embedded import EmbeddedRegistry
 from resumable.registry.redis import RedisLease, RedisRegistry, connect
 from resumable.registry.wakeups import Silent
@@ -30,7 +36,7 @@ from .support import free_port
 
 def _embedded_registry(tmp_path) -> EmbeddedRegistry:
     return EmbeddedRegistry(
-        FileStore(tmp_path), tmp_path, lock_ttl=1.0, lock_wait=0.5, heartbeat=0.05
+        FileStore(tmp_path), tmp_path, lock_ttl=1.0, lock_wait=0.5, renewal_interval=0.05
     )
 
 
@@ -46,7 +52,7 @@ def _redis_registry(kind: str, request: pytest.FixtureRequest, tmp_path) -> Redi
     else:
         client = connect(request.getfixturevalue("redis_url_for")(kind), concurrency=8)
     prefix = f"unit{new_upload_id()[:8]}:"
-    return RedisRegistry(store, client, prefix, lock_ttl=1.0, lock_wait=0.5, heartbeat=0.05)
+    return RedisRegistry(store, client, prefix, lock_ttl=1.0, lock_wait=0.5, renewal_interval=0.05)
 
 
 @pytest.fixture(params=["embedded", *REDIS_KINDS])
@@ -90,12 +96,12 @@ def test_one_holder_at_a_time(registry: Registry) -> None:
 def test_hard_request_reaches_the_holder_and_new_holder_starts_clean(registry: Registry) -> None:
     record = _new(registry)
     lease = registry.acquire(record.id)
-    assert lease.heartbeat() is Mailbox.HELD
+    assert lease.heartbeat() is HeartbeatResult.HELD
     assert registry.request_release(record.id, hard=True)
-    assert lease.heartbeat() is Mailbox.HARD_RELEASE
+    assert lease.heartbeat() is HeartbeatResult.HARD_RELEASE
     lease.release()
     second = registry.acquire(record.id)
-    assert second.heartbeat() is Mailbox.HELD
+    assert second.heartbeat() is HeartbeatResult.HELD
     second.release()
 
 
@@ -105,13 +111,13 @@ def test_soft_request_is_acknowledged_and_never_downgrades_hard(registry: Regist
     assert registry.release_state(record.id) is ReleaseState.PENDING
     assert registry.request_release(record.id, hard=False)
     assert registry.release_state(record.id) is ReleaseState.PENDING
-    assert lease.heartbeat() is Mailbox.SOFT_RELEASE
+    assert lease.heartbeat() is HeartbeatResult.SOFT_RELEASE
     lease.acknowledge()
     assert registry.release_state(record.id) is ReleaseState.ACKNOWLEDGED
-    assert lease.heartbeat() is Mailbox.HELD
+    assert lease.heartbeat() is HeartbeatResult.HELD
     registry.request_release(record.id, hard=True)
     registry.request_release(record.id, hard=False)
-    assert lease.heartbeat() is Mailbox.HARD_RELEASE
+    assert lease.heartbeat() is HeartbeatResult.HARD_RELEASE
     lease.release()
     assert registry.release_state(record.id) is ReleaseState.UNLOCKED
 
@@ -131,7 +137,7 @@ def test_embedded_requests_and_commits_leave_the_directories_alone(tmp_path) -> 
     before = _entries(tmp_path)
     for _ in range(3):
         assert registry.request_release(record.id, hard=False)
-        assert lease.heartbeat() is Mailbox.SOFT_RELEASE
+        assert lease.heartbeat() is HeartbeatResult.SOFT_RELEASE
         record.offset += 1
         registry.save(lease, record)
         assert _entries(tmp_path) == before
@@ -139,7 +145,7 @@ def test_embedded_requests_and_commits_leave_the_directories_alone(tmp_path) -> 
         assert registry.release_state(record.id) is ReleaseState.ACKNOWLEDGED
         assert _entries(tmp_path) == before
     assert registry.request_release(record.id, hard=True)
-    assert lease.heartbeat() is Mailbox.HARD_RELEASE
+    assert lease.heartbeat() is HeartbeatResult.HARD_RELEASE
     assert _entries(tmp_path) == before
     lease.release()
     registry.acquire(record.id).release()
@@ -157,7 +163,7 @@ def test_acquire_frees_a_cooperating_holder(registry: Registry) -> None:
     lease = registry.acquire(record.id)
 
     def holder() -> None:
-        while lease.heartbeat() is not Mailbox.HARD_RELEASE:
+        while lease.heartbeat() is not HeartbeatResult.HARD_RELEASE:
             time.sleep(0.01)
         lease.release()
 
@@ -190,17 +196,17 @@ def test_redis_lease_expires_and_its_holder_knows(redis_registry: RedisRegistry)
     time.sleep(1.1)
     assert not lease.is_valid()  # local check, before Redis is even asked
     other = registry.acquire(record.id, wait=0)
-    assert lease.heartbeat() is Mailbox.LOST
+    assert lease.heartbeat() is HeartbeatResult.LOST
     record.offset = 9
     with pytest.raises(LeaseLost):
         registry.save(lease, record)
     other.release()
 
 
-def test_delete_forgets_and_does_not_resurrect(registry: Registry) -> None:
+def test_delete_locked_removes_the_upload_for_good(registry: Registry) -> None:
     record = _new(registry)
     lease = registry.acquire(record.id)
-    registry.delete(lease)
+    registry.delete_locked(lease)
     lease.release()
     assert registry.get(record.id) is None
     assert not registry.store.data_path(record.id).exists()
@@ -226,13 +232,13 @@ def test_forget_cleans_the_concatenation_index(registry: Registry) -> None:
     registry.add_waiting(final.id, [part.id])
     assert registry.waiting_finals(part.id) == [final.id]
     lease = registry.acquire(final.id)
-    registry.forget(lease, final)
+    registry.delete_upload(lease, final)
     lease.release()
     assert registry.waiting_finals(part.id) == []
     other = UploadRecord(id=new_upload_id(), length=10, concat=f"final;{part.id}", parts=[part.id])
     registry.add_waiting(other.id, [part.id])
     lease = registry.acquire(part.id)
-    registry.forget(lease, part)
+    registry.delete_upload(lease, part)
     lease.release()
     assert registry.waiting_finals(part.id) == []
 
@@ -265,18 +271,18 @@ def test_an_unreachable_redis_raises_the_neutral_error(tmp_path, redis_server) -
     the registry and from a lease alike; and nothing is half-done meanwhile."""
     reachable = RedisRegistry(
         FileStore(tmp_path), connect(redis_server.url), "neutral:", lock_ttl=5.0,
-        lock_wait=0.5, heartbeat=1.0,
+        lock_wait=0.5, renewal_interval=1.0,
     )
     record = _new(reachable)
     lease = reachable.acquire(record.id)
     unreachable = RedisRegistry(
         FileStore(tmp_path), connect(f"redis://127.0.0.1:{free_port()}/0"), "neutral:",
-        lock_ttl=5.0, lock_wait=0.5, heartbeat=1.0,
+        lock_ttl=5.0, lock_wait=0.5, renewal_interval=1.0,
     )
     for call in (
         lambda: unreachable.get(record.id),
         lambda: unreachable.try_acquire(record.id),
-        lambda: unreachable.settle(record.id),
+        lambda: unreachable.await_holder_commit(record.id),
         lambda: unreachable.release_state(record.id),
         lambda: unreachable.create(UploadRecord(id=new_upload_id(), length=1, created=1.0)),
     ):

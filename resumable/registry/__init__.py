@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from ..settings import Settings
 from ..store import Store
-from .base import Lease, LeaseLost, Mailbox, Registry, RegistryUnavailable, ReleaseState
+from .base import HeartbeatResult, Lease, LeaseLost, Registry, RegistryUnavailable, ReleaseState
 
 __all__ = [
     "Lease",
     "LeaseLost",
-    "Mailbox",
+    "HeartbeatResult",
     "Registry",
     "RegistryUnavailable",
     "ReleaseState",

@@ -25,10 +25,11 @@ import enum
 import math
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 from .. import metrics
 from ..ledger import FinishLedger
-from ..protocol import Locked
+from ..protocol import Locked, TusError, UploadRejected
 from ..records import UploadRecord
 from ..store import Store, UploadWriter
 from .wakeups import Silent, Wakeup
@@ -40,7 +41,7 @@ FIRST_LOOK_SECONDS = 0.003
 REPEAT_REQUEST_SECONDS = 0.5
 
 
-class Mailbox(enum.Enum):
+class HeartbeatResult(enum.Enum):
     """What a holder finds at its heartbeat."""
 
     HELD = "held"
@@ -50,7 +51,7 @@ class Mailbox(enum.Enum):
 
 
 class ReleaseState(enum.Enum):
-    """What a request waiting on a holder finds (see ``Registry.settle``)."""
+    """What a request waiting on a holder finds (see ``Registry.await_holder_commit``)."""
 
     UNLOCKED = "unlocked"  # nobody holds the upload: its record is final for now
     ACKNOWLEDGED = "acknowledged"  # the holder committed what it had, for a soft request
@@ -79,7 +80,7 @@ class Lease(ABC):
     wakeup: Wakeup | Silent
 
     @abstractmethod
-    def heartbeat(self) -> Mailbox:
+    def heartbeat(self) -> HeartbeatResult:
         """Renew the lease and read release requests addressed to it."""
 
     @abstractmethod
@@ -115,15 +116,16 @@ class BirthLease(Lease):
     def __init__(self, upload_id: str, writer: UploadWriter):
         self.upload_id = upload_id
         self.wakeup = Silent()
-        self.born = False
+        #: Whether a commit has written its record: others may know the upload now.
+        self.published = False
         self.writer: UploadWriter | None = writer
 
     def take_writer(self) -> UploadWriter | None:
         writer, self.writer = self.writer, None
         return writer
 
-    def heartbeat(self) -> Mailbox:
-        return Mailbox.HELD
+    def heartbeat(self) -> HeartbeatResult:
+        return HeartbeatResult.HELD
 
     def acknowledge(self) -> None:
         """Nobody can have asked."""
@@ -141,11 +143,14 @@ class BirthLease(Lease):
 class Registry(ABC):
     """Upload records and their locks."""
 
-    def __init__(self, store: Store, lock_ttl: float, lock_wait: float, heartbeat: float):
+    def __init__(
+        self, store: Store, lock_ttl: float, lock_wait: float, renewal_interval: float
+    ):
         self.store = store
         self.lock_ttl = lock_ttl
         self.lock_wait = lock_wait
-        self.heartbeat = heartbeat
+        #: Seconds between a holder's lease renewals (where leases need renewing).
+        self.renewal_interval = renewal_interval
         #: Owed post-finish events, when a receiver wants them (lifecycle.py).
         self.owed_finishes: FinishLedger | None = None
 
@@ -165,26 +170,62 @@ class Registry(ABC):
     # -- records ---------------------------------------------------------------
 
     def create(self, record: UploadRecord) -> None:
-        """Make a new upload exist: its data file, then its record."""
+        """Make a new upload exist, empty: its data file, then its record."""
         self.store.create(record.id).close()
         try:
-            self.publish(record)
+            self.put_record(record)
         except BaseException:
             self.store.delete(record.id)  # a refused creation leaves nothing behind
             raise
 
-    def conceive(self, record: UploadRecord) -> BirthLease:
-        """The data file of a new upload and the lease to fill it (see BirthLease)."""
-        return BirthLease(record.id, self.store.create(record.id))
+    def create_with_data(
+        self, record: UploadRecord, append: Callable[[Lease, UploadRecord], UploadRecord]
+    ) -> UploadRecord:
+        """Make a new upload exist with the bytes ``append`` streams into it.
 
-    def abandon(self, lease: BirthLease) -> None:
-        """A creation that failed before its record was published leaves nothing."""
-        lease.release()
-        if not lease.born:
-            self.store.delete(lease.upload_id)
+        ``append`` gets a BirthLease: no lock is taken, and the record is
+        written by its first commit. When ``append`` ends early with a
+        TusError, what it committed stays: the upload exists at that offset
+        and the error goes on to the answer, which names it. When the
+        upload's finish was refused (UploadRejected) it is deleted, and any
+        other error leaves nothing.
+        """
+        lease = BirthLease(record.id, self.store.create(record.id))
+        try:
+            record = append(lease, record)
+        except UploadRejected:
+            lease.release()
+            if lease.published:  # earlier commits made it known: delete it like a DELETE
+                self._delete_published(record.id)
+            else:
+                self.store.delete(record.id)
+            raise
+        except TusError:
+            lease.release()
+            if not lease.published:
+                self.put_record(record)
+            raise
+        except BaseException:
+            lease.release()
+            if not lease.published:
+                self.store.delete(record.id)
+            raise
+        lease.release()  # closes the data file if no append took it
+        if not lease.published:
+            self.put_record(record)
+        return record
+
+    def _delete_published(self, upload_id: str) -> None:
+        lease = self.acquire(upload_id)
+        try:
+            record = self.get(upload_id)
+            if record is not None:
+                self.delete_upload(lease, record)
+        finally:
+            lease.release()
 
     @abstractmethod
-    def publish(self, record: UploadRecord) -> None:
+    def put_record(self, record: UploadRecord) -> None:
         """Write the record whole, unconditionally (creation, or a birth lease's commits)."""
 
     @abstractmethod
@@ -194,17 +235,17 @@ class Registry(ABC):
     def save(self, lease: Lease, record: UploadRecord) -> None:
         """Commit offset/length changes; raises LeaseLost unless ``lease`` holds."""
         if isinstance(lease, BirthLease):
-            self.publish(record)
-            lease.born = True
+            self.put_record(record)
+            lease.published = True
             return
-        self.save_held(lease, record)
+        self.save_locked(lease, record)
 
     @abstractmethod
-    def save_held(self, lease: Lease, record: UploadRecord) -> None:
+    def save_locked(self, lease: Lease, record: UploadRecord) -> None:
         """``save`` for a lease taken through the lock."""
 
     @abstractmethod
-    def delete(self, lease: Lease) -> None:
+    def delete_locked(self, lease: Lease) -> None:
         """Forget the upload, then remove it from the store; LeaseLost unless ``lease`` holds."""
 
     # -- concatenation: which finals wait for a partial ----------------------
@@ -229,7 +270,7 @@ class Registry(ABC):
         """Remove what crashes left of the registry's own (files of the embedded one)."""
         return 0
 
-    def forget(self, lease: Lease, record: UploadRecord) -> None:
+    def delete_upload(self, lease: Lease, record: UploadRecord) -> None:
         """Delete an upload and its entries in the concatenation index.
 
         A finished upload's owed post-finish is confirmed first: once the
@@ -237,7 +278,7 @@ class Registry(ABC):
         """
         if record.is_complete and self.owed_finishes is not None:
             self.owed_finishes.confirm(record.id)
-        self.delete(lease)
+        self.delete_locked(lease)
         if record.is_final:
             self.remove_waiting(record.id, record.parts)
         elif record.is_partial:
@@ -284,7 +325,7 @@ class Registry(ABC):
                 raise Locked("another request is writing this upload; retry shortly")
             time.sleep(POLL_SECONDS)
 
-    def settle(self, upload_id: str, wait: float | None = None) -> None:
+    def await_holder_commit(self, upload_id: str, wait: float | None = None) -> None:
         """Before answering HEAD: get the holder's newest offset committed.
 
         Returns once the upload is unlocked or its holder acknowledged our

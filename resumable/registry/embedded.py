@@ -41,7 +41,7 @@ from ..files import DEFAULT_MODE, make_private_dir, open_nofollow, read_small_fi
 from ..ledger import FileLedger, FinishLedger
 from ..records import UploadRecord
 from ..store import Store
-from .base import Lease, LeaseLost, Mailbox, Registry, ReleaseState
+from .base import HeartbeatResult, Lease, LeaseLost, Registry, ReleaseState
 from .wakeups import Doorbells, Wakeup
 
 #: Bytes of each slot of a lock file: a token of 32 hex digits with its pid or its kind.
@@ -61,13 +61,13 @@ class FileLease(Lease):
         self.token = token
         self.wakeup = wakeup
 
-    def heartbeat(self) -> Mailbox:
+    def heartbeat(self) -> HeartbeatResult:
         request = self._mailbox()
         if request == f"hard:{self.token}":
-            return Mailbox.HARD_RELEASE
+            return HeartbeatResult.HARD_RELEASE
         if request == f"soft:{self.token}":
-            return Mailbox.SOFT_RELEASE
-        return Mailbox.HELD
+            return HeartbeatResult.SOFT_RELEASE
+        return HeartbeatResult.HELD
 
     def acknowledge(self) -> None:
         if self._mailbox() == f"soft:{self.token}":
@@ -99,10 +99,10 @@ class EmbeddedRegistry(Registry):
         directory: str | os.PathLike[str],
         lock_ttl: float,
         lock_wait: float,
-        heartbeat: float,
+        renewal_interval: float,
         mode: int | None = None,
     ):
-        super().__init__(store, lock_ttl, lock_wait, heartbeat)
+        super().__init__(store, lock_ttl, lock_wait, renewal_interval)
         self.mode = DEFAULT_MODE if mode is None else mode
         self.doorbells = Doorbells(self._listen, "resumable-doorbells")
         self.sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
@@ -140,18 +140,18 @@ class EmbeddedRegistry(Registry):
 
     # -- records ---------------------------------------------------------------
 
-    def publish(self, record: UploadRecord) -> None:
+    def put_record(self, record: UploadRecord) -> None:
         self.store.write_record(record)
 
     def get(self, upload_id: str) -> UploadRecord | None:
         return self.store.read_record(upload_id)
 
-    def save_held(self, lease: Lease, record: UploadRecord) -> None:
+    def save_locked(self, lease: Lease, record: UploadRecord) -> None:
         if not lease.is_valid():
             raise LeaseLost(f"lost the lock on {record.id}")
         self.store.write_record(record)
 
-    def delete(self, lease: Lease) -> None:
+    def delete_locked(self, lease: Lease) -> None:
         upload_id = lease.upload_id
         self.store.delete(upload_id)
         with contextlib.suppress(FileNotFoundError):

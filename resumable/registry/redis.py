@@ -58,7 +58,7 @@ from ..ledger import FinishLedger, RedisLedger
 from ..records import UploadRecord
 from ..redis_url import parse_redis_url
 from ..store import Store
-from .base import Lease, LeaseLost, Mailbox, Registry, RegistryUnavailable, ReleaseState
+from .base import HeartbeatResult, Lease, LeaseLost, Registry, RegistryUnavailable, ReleaseState
 from .wakeups import Doorbells, Wakeup
 
 TOMBSTONE_SECONDS = 7 * 24 * 3600
@@ -221,7 +221,13 @@ def _neutral(method: _Method) -> _Method:
     return translated  # type: ignore[return-value]
 
 
-_MAILBOX = {0: Mailbox.LOST, 1: Mailbox.HELD, 2: Mailbox.HARD_RELEASE, 3: Mailbox.SOFT_RELEASE}
+#: The heartbeat script's answer → what it means.
+_HEARTBEAT_RESULTS = {
+    0: HeartbeatResult.LOST,
+    1: HeartbeatResult.HELD,
+    2: HeartbeatResult.HARD_RELEASE,
+    3: HeartbeatResult.SOFT_RELEASE,
+}
 
 
 def _optional(value: float | int | None) -> str:
@@ -280,7 +286,7 @@ class RedisLease(Lease):
         self.token = token
         self.wakeup = wakeup
         self.ttl_ms = int(registry.lock_ttl * 1000)
-        self.interval = registry.heartbeat
+        self.interval = registry.renewal_interval
         self._valid_until = acquired_at + registry.lock_ttl
         self.released = False
         #: A soft request was read and not acknowledged yet: the next commit
@@ -294,16 +300,16 @@ class RedisLease(Lease):
         ]
 
     @_neutral
-    def heartbeat(self) -> Mailbox:
+    def heartbeat(self) -> HeartbeatResult:
         sent_at = time.monotonic()
-        state = _MAILBOX[
+        state = _HEARTBEAT_RESULTS[
             int(self.registry.confirmed("heartbeat", self.keys(), [self.token, self.ttl_ms]))
         ]
-        if state is Mailbox.LOST:
+        if state is HeartbeatResult.LOST:
             self._valid_until = 0.0
         else:
             self._valid_until = sent_at + self.registry.lock_ttl
-        self.asked_soft = state is Mailbox.SOFT_RELEASE
+        self.asked_soft = state is HeartbeatResult.SOFT_RELEASE
         return state
 
     @_neutral
@@ -467,10 +473,10 @@ class RedisRegistry(Registry):
         prefix: str,
         lock_ttl: float,
         lock_wait: float,
-        heartbeat: float,
+        renewal_interval: float,
         wait_replicas: int = 0,
     ):
-        super().__init__(store, lock_ttl, lock_wait, heartbeat)
+        super().__init__(store, lock_ttl, lock_wait, renewal_interval)
         self.redis = client
         #: Replicas a lock, a commit or a deletion must reach before it counts.
         self.wait_replicas = wait_replicas
@@ -478,7 +484,7 @@ class RedisRegistry(Registry):
         self.doorbells = Doorbells(self._listen, "resumable-doorbells")
         self.process = ""  # this process's name in tokens and channels (see process_name)
         self.process_pid = 0
-        self.safety_margin = max(heartbeat, lock_ttl / 10)
+        self.safety_margin = max(renewal_interval, lock_ttl / 10)
         self.scripts = {
             name: self.redis.register_script(source.encode())
             for name, source in (
@@ -549,7 +555,7 @@ class RedisRegistry(Registry):
     # -- records ---------------------------------------------------------------
 
     @_neutral
-    def publish(self, record: UploadRecord) -> None:
+    def put_record(self, record: UploadRecord) -> None:
         self.store.write_record(record)
         values = _hash_fields(record)
         self.scripts["publish"](
@@ -615,7 +621,7 @@ class RedisRegistry(Registry):
         return _from_hash(fields) if fields else None
 
     @_neutral
-    def save_held(self, lease: Lease, record: UploadRecord) -> None:
+    def save_locked(self, lease: Lease, record: UploadRecord) -> None:
         """The durable record first, then Redis: the store then holds every offset
         Redis may show, even one whose WAIT failed (its bytes are stored)."""
         assert isinstance(lease, RedisLease)
@@ -640,7 +646,7 @@ class RedisRegistry(Registry):
         lease.asked_soft = False
 
     @_neutral
-    def delete(self, lease: Lease) -> None:
+    def delete_locked(self, lease: Lease) -> None:
         assert isinstance(lease, RedisLease)
         upload_id = lease.upload_id
         deleted = self.confirmed(
