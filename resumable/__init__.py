@@ -1,5 +1,8 @@
 """resumable: a tus 1.0 resumable upload server on Flask, gunicorn and Redis."""
 
+# The one place the version is set: pyproject.toml's build reads it from here (setuptools
+# evaluates this literal without importing the package); ``resumable --version``, the
+# startup log line, the hook sender's User-Agent and the demo page show it.
 __version__ = "0.1.0"
 
 __all__ = ["Resumable", "Settings", "__version__", "create_app"]

@@ -57,6 +57,8 @@ class Checkout:
         self.python = root / "python3"
         self.python.write_text(STAND_IN)
         self.python.chmod(0o755)
+        # scripts/check-package builds and installs for real: a stand-in records the call.
+        shutil.copy2(self.python, self.root / "scripts" / "check-package")
         for name in system_programs():
             shutil.copy2(self.python, tools / name)
         (tools / "apt-get").write_text(REFUSE_APT)
@@ -128,7 +130,11 @@ def test_test_adds_the_test_extras_and_second_runs_install_nothing(checkout: Che
     assert package_installs(checkout.run("serve")) == ["."]
     calls = checkout.run("test", "-x")
     assert package_installs(calls) == [".[test]"], "a serve-only venv lacks the test extras"
-    assert ["python", "-m", "pytest", "-n", "2", "--dist", "loadfile", "-x"] in calls
+    suite = ["python", "-m", "pytest", "-n", "2", "--dist", "loadfile", "-x"]
+    assert suite in calls
+    # The package is checked after the lint, before the suite.
+    programs = [call[0] for call in calls]
+    assert programs.index("ruff") < programs.index("check-package") < calls.index(suite)
     # The test extras include what serving needs: nothing to install for either.
     for script in ("serve", "test", "serve"):
         calls = checkout.run(script)

@@ -660,7 +660,8 @@ def test_the_copied_files_build_a_wheel_with_its_license_and_no_warning(tmp_path
     output = (result.stdout + result.stderr).replace(str(tmp_path), "<tmp>")
     assert result.returncode == 0, output
     assert "license" not in output.lower(), output
-    (wheel,) = wheels.glob("resumable-*.whl")
+    project = tomllib.loads(PYPROJECT.read_text())["project"]
+    (wheel,) = wheels.glob(f"{canonicalize_name(project['name']).replace('-', '_')}-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         (dist_info,) = {name.split("/")[0] for name in names if ".dist-info/" in name}
