@@ -1,11 +1,13 @@
 """resumable: a tus 1.0 resumable upload server on Flask, gunicorn and Redis."""
 
+from typing import Any
+
 __version__ = "0.1.0"
 
 __all__ = ["Resumable", "Settings", "__version__", "create_app"]
 
 
-def __getattr__(name: str):  # lazy: importing the package must not import Flask
+def __getattr__(name: str) -> Any:  # lazy: importing the package must not import Flask
     if name == "create_app":
         from .app import create_app
 
