@@ -46,7 +46,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from .files import write_all
 
@@ -54,7 +54,7 @@ try:
     from gunicorn.http.body import Body as GunicornBody
     from gunicorn.http.body import ChunkedReader, LengthReader
 except ImportError:  # pragma: no cover - gunicorn is a dependency
-    GunicornBody = ChunkedReader = LengthReader = None  # type: ignore[assignment,misc]
+    GunicornBody = ChunkedReader = LengthReader = None
 
 MAX_CHUNK_LINE = 4096
 MAX_TRAILERS = 16 * 1024
@@ -169,11 +169,16 @@ class StreamBody(RequestBody):
 class Waiter(Protocol):
     """What the body reader needs from the request's holder while no byte arrives."""
 
-    #: An fd that becomes readable when the holder must act (its doorbell); -1: none.
-    wake_fd: int
-    #: An fd that turns readable, and stays so, when the process stops (stopping.py); -1
-    #: or absent: none. A waiter that has one must end the body in ``on_idle`` once it is.
-    stop_fd: int
+    # The fds are only read: a class attribute or a property provides them.
+
+    @property
+    def wake_fd(self) -> int:
+        """An fd that becomes readable when the holder must act (its doorbell); -1: none."""
+
+    @property
+    def stop_fd(self) -> int:
+        """An fd that turns readable, and stays so, when the process stops (stopping.py); -1
+        or absent: none. A waiter that has one must end the body in ``on_idle`` once it is."""
 
     def next_wait(self) -> float:
         """Seconds until ``on_idle`` must run even if nothing happens."""
@@ -390,10 +395,12 @@ class SocketSource:
 class _GunicornBody(RequestBody):
     """Shared by both framings: adoption of gunicorn's socket and buffers."""
 
-    def __init__(self, environ: dict, waiter: Waiter):
+    def __init__(self, environ: dict[str, Any], waiter: Waiter):
         self.wsgi_input = environ["wsgi.input"]
         self.reader = self.wsgi_input.reader
-        self.unreader = _unreader_of(self.reader)
+        unreader = _unreader_of(self.reader)
+        assert unreader is not None  # open_body adopts only a body that has one
+        self.unreader = unreader
         self.source = SocketSource(
             environ["gunicorn.socket"], self.unreader.take_buffered(), waiter
         )
@@ -435,10 +442,10 @@ class _GunicornBody(RequestBody):
 
 
 class GunicornLengthBody(_GunicornBody):
-    def __init__(self, environ: dict, waiter: Waiter):
+    def __init__(self, environ: dict[str, Any], waiter: Waiter):
         super().__init__(environ, waiter)
         self.declared_length = self.reader.length
-        self.remaining = self.reader.length
+        self.remaining: int = self.reader.length
         self.ended = self.remaining == 0
         self.source.set_low_water(self.remaining)
         # Plain TCP only (TLS bytes must be decrypted in user space), and only
@@ -484,7 +491,7 @@ class GunicornLengthBody(_GunicornBody):
 class GunicornChunkedBody(_GunicornBody):
     """A chunked body; its socket keeps a low-water mark of 1 (its length is unknown)."""
 
-    def __init__(self, environ: dict, waiter: Waiter):
+    def __init__(self, environ: dict[str, Any], waiter: Waiter):
         super().__init__(environ, waiter)
         self.chunk_left = 0
         self.started = False
@@ -561,9 +568,17 @@ def _field_line_fault(line: bytes) -> str:
     return "malformed trailer field"
 
 
-def _unreader_of(reader: object) -> object | None:
+class _Unreader(Protocol):
+    """What is used of gunicorn's read buffer (gunicorn.http.unreader.Unreader)."""
+
+    def take_buffered(self) -> bytes: ...
+
+    def unread(self, data: bytes) -> None: ...
+
+
+def _unreader_of(reader: object) -> _Unreader | None:
     """gunicorn's read buffer behind a body reader (chunked keeps it on the request)."""
-    unreader = getattr(reader, "unreader", None)
+    unreader: _Unreader | None = getattr(reader, "unreader", None)
     if unreader is None:
         unreader = getattr(getattr(reader, "req", None), "unreader", None)
     if unreader is None or not hasattr(unreader, "take_buffered"):
@@ -571,7 +586,7 @@ def _unreader_of(reader: object) -> object | None:
     return unreader
 
 
-def open_body(environ: dict, waiter: Waiter) -> RequestBody:
+def open_body(environ: dict[str, Any], waiter: Waiter) -> RequestBody:
     """The request's body, read from gunicorn's socket when it is there."""
     stream = environ["wsgi.input"]
     if (
@@ -592,7 +607,7 @@ def open_body(environ: dict, waiter: Waiter) -> RequestBody:
     return StreamBody(stream, declared)
 
 
-def abandon_unread_body(environ: dict) -> None:
+def abandon_unread_body(environ: dict[str, Any]) -> None:
     """After an early error answer: do not let gunicorn read a large body to its end."""
     stream = environ.get("wsgi.input")
     if GunicornBody is None or not isinstance(stream, GunicornBody) or stream.failed:

@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gunicorn.app.base import BaseApplication
 
@@ -27,6 +27,9 @@ from .files import make_private_dir, writable_problem
 from .hooks import load_authorizer
 from .registry import RegistryUnavailable, describe_registry, unreachable_reason
 from .settings import ENV_PREFIX, Settings, field_type
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 #: The worker class behind ``--worker-class gthread``: gthread with a header deadline.
 GTHREAD_WORKER = "resumable.worker.ResumableThreadWorker"
@@ -104,7 +107,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings.load(overrides)
 
 
-class GunicornServer(BaseApplication):
+class GunicornServer(BaseApplication):  # type: ignore[misc]  # gunicorn is untyped
     """gunicorn configured from Settings; each worker builds its own app."""
 
     def __init__(self, settings: Settings):
@@ -154,7 +157,7 @@ class GunicornServer(BaseApplication):
         for key, value in options.items():
             self.cfg.set(key, value)
 
-    collector: subprocess.Popen | None = None
+    collector: subprocess.Popen[bytes] | None = None
 
     def _ready(self, arbiter: Any) -> None:
         """Listening: say where, with what, and start the collector."""
@@ -199,7 +202,7 @@ class GunicornServer(BaseApplication):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.collector.wait(5)
 
-    def load(self):  # noqa: ANN201 - gunicorn's hook
+    def load(self) -> Flask:  # gunicorn's hook
         from .app import create_app
 
         return create_app(self.settings)

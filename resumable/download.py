@@ -125,7 +125,8 @@ def _file_response(data: StoredData, upload_id: str, mimetype: str) -> Response:
         response.expires = int(time.time())  # type: ignore[assignment]
         checksum = zlib.adler32(upload_id.encode()) & 0xFFFFFFFF
         response.set_etag(f"{data.modified}-{data.size}-{checksum}")
-        return response.make_conditional(
+        # It returns the response itself; Werkzeug types that as its base Response.
+        return response.make_conditional(  # type: ignore[return-value]
             request.environ, accept_ranges=True, complete_length=data.size
         )
     except (OSError, RequestedRangeNotSatisfiable):

@@ -65,7 +65,7 @@ PROBLEM_TYPES = "https://iana.org/assignments/http-problem-types#"
 VERSION = "resumable.draft_version"
 
 
-def version_of(environ: dict) -> int | None:
+def version_of(environ: dict[str, Any]) -> int | None:
     """The draft version a request asks for, when this server speaks it; else None (tus)."""
     version = parse_integer(environ.get("HTTP_UPLOAD_DRAFT_INTEROP_VERSION"))
     return version if version in VERSIONS else None
@@ -290,7 +290,7 @@ def append(draft: int, upload_id: str) -> Response:
             length = offset + declared
         if length is not None and length < offset:
             raise _inconsistent(draft, "Upload-Length is below the upload's offset")
-        if length != record.length:
+        if length is not None and length != record.length:
             views.services().concatenator.save_length(lease, record, length)
         try:
             with views.deleted_if_finish_refused(lease, record):

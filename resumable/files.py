@@ -14,6 +14,7 @@ import ctypes
 import errno
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from .protocol import InsufficientStorage, is_valid_upload_id
@@ -48,6 +49,7 @@ def open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
 #: fallocate(2) with FALLOC_FL_KEEP_SIZE, where the C library has it: the
 #: standard library offers only posix_fallocate, which moves the end of file.
 _FALLOC_FL_KEEP_SIZE = 1
+_fallocate: Callable[[int, int, int, int], int] | None
 try:
     _libc = ctypes.CDLL(None, use_errno=True)
     _fallocate = _libc.fallocate64

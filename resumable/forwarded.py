@@ -12,11 +12,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Request
 
-WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 _FORWARDED_PAIR = re.compile(r'\s*([A-Za-z]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;,\s]*)\s*')
 
@@ -46,7 +47,9 @@ class TrustedProxy:
         self.app = app
         self.proxy_fix = ProxyFix(app, x_for=1, x_proto=1, x_host=1, x_port=1, x_prefix=1)
 
-    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
         forwarded = environ.get("HTTP_FORWARDED")
         if not forwarded:
             return self.proxy_fix(environ, start_response)
@@ -72,11 +75,15 @@ class PublicView:
     remote_addr: str
 
 
-def public_view(environ: dict, trust_proxy: bool) -> PublicView:
+def _no_start(*_: object) -> None:
+    """A start_response for a call that never answers (public_view)."""
+
+
+def public_view(environ: dict[str, Any], trust_proxy: bool) -> PublicView:
     """The request's public address; through the proxy's headers only when it is trusted."""
     if trust_proxy:
-        seen: dict = {}
-        TrustedProxy(lambda fixed, _start: seen.update(fixed) or [])(dict(environ), None)
+        seen: dict[str, Any] = {}
+        TrustedProxy(lambda fixed, _start: seen.update(fixed) or [])(dict(environ), _no_start)
         environ = seen
     request = Request(environ, populate_request=False, shallow=True)
     return PublicView(

@@ -16,7 +16,7 @@ from flask import Blueprint, Response, current_app
 health_blueprint = Blueprint("resumable_health", __name__)
 
 
-def _json(status: int, body: dict) -> Response:
+def _json(status: int, body: dict[str, object]) -> Response:
     response = Response(json.dumps(body) + "\n", status=status, mimetype="application/json")
     response.headers["Cache-Control"] = "no-store"
     return response

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 Authorizer = Callable[[str, "str | None", Any], "bool | None"]
 
@@ -44,4 +44,4 @@ def load_authorizer(spec: str | None) -> Authorizer | None:
     function = import_object(spec, "auth_hook")
     if not callable(function):
         raise ValueError(f"auth_hook {spec!r} is not a function")
-    return function
+    return cast(Authorizer, function)

@@ -28,6 +28,7 @@ so receivers drop the rare duplicate.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -199,7 +200,9 @@ class Lifecycle:
 
     # -- events of the request ----------------------------------------------------
 
-    def ask(self, event_type: str, record: UploadRecord, environ: dict | None) -> HookAnswer:
+    def ask(
+        self, event_type: str, record: UploadRecord, environ: dict[str, Any] | None
+    ) -> HookAnswer:
         """A pre-event: every receiver's answer merged; raises a refusal or a failure."""
         answer = HookAnswer()
         if not self.wants(event_type):
@@ -227,7 +230,7 @@ class Lifecycle:
                 raise refusal(event_type, answer)
         return answer
 
-    def tell(self, event_type: str, record: UploadRecord, environ: dict | None = None,
+    def tell(self, event_type: str, record: UploadRecord, environ: dict[str, Any] | None = None,
              event_id: str | None = None,
              then: Callable[[HookAnswer], None] | None = None) -> None:
         """A post-event, delivered in the background; ``then`` gets the merged answer."""
@@ -237,7 +240,7 @@ class Lifecycle:
         event = self.event(event_type, record, environ, event_id or str(uuid.uuid4()))
         self._submit(self._deliver, event, then)
 
-    def created(self, record: UploadRecord, environ: dict | None) -> None:
+    def created(self, record: UploadRecord, environ: dict[str, Any] | None) -> None:
         """post-create, with the one id an upload's creation has."""
         self.tell(POST_CREATE, record, environ, f"{record.id}.post-create")
 
@@ -245,7 +248,7 @@ class Lifecycle:
 
     @contextlib.contextmanager
     def finishing_commit(
-        self, record: UploadRecord, environ: dict | None, finishes: bool = True
+        self, record: UploadRecord, environ: dict[str, Any] | None, finishes: bool = True
     ) -> Iterator[None]:
         """Around the commit that finishes ``record`` (when ``finishes``): pre-finish and the
         owed post-finish before it, the post-finish after it (not if the commit failed)."""
@@ -255,14 +258,14 @@ class Lifecycle:
         if finishes:
             self.finished(record, environ)
 
-    def finishing(self, record: UploadRecord, environ: dict | None) -> None:
+    def finishing(self, record: UploadRecord, environ: dict[str, Any] | None) -> None:
         """Before the commit that finishes ``record``: pre-finish, then owe post-finish."""
         self.ask(PRE_FINISH, record, environ)
         if self.ledger is not None:
             info = upload_info(record, self.store)
             self.ledger.owe(Owed(record.id, asdict(info), time.time()))
 
-    def finished(self, record: UploadRecord, environ: dict | None) -> None:
+    def finished(self, record: UploadRecord, environ: dict[str, Any] | None) -> None:
         """After that commit: deliver post-finish now, in the background."""
         metrics.count_upload_event(POST_FINISH)
         if self.ledger is None:
@@ -333,12 +336,13 @@ class Lifecycle:
         answer = HookAnswer()
         delivered = True
         for receiver in self.receivers.get(event.type, []):
-            given = self._retried(event, lambda r=receiver: r(event))
+            given = self._retried(event, functools.partial(receiver, event))
             delivered = delivered and given is not False
             if isinstance(given, HookAnswer):
                 _merge(answer, given, event.type)
-        if self.http is not None and self.http.wants(event.type):
-            given = self._retried(event, lambda: self.http.send(event, retries=0))
+        http = self.http
+        if http is not None and http.wants(event.type):
+            given = self._retried(event, lambda: http.send(event, retries=0))
             delivered = delivered and given is not False
             if isinstance(given, HookAnswer):
                 _merge(answer, given, event.type)
@@ -368,7 +372,7 @@ class Lifecycle:
         """How long one post-finish delivery may take with all its retries (its claim)."""
         s = self.settings
         attempts = s.hooks_http_retries + 1
-        waits = s.hooks_http_backoff * (2**attempts)
+        waits: float = s.hooks_http_backoff * (2**attempts)
         return attempts * s.hooks_http_timeout + waits + 5.0
 
     def _submit(self, function: Callable[..., Any], *args: Any) -> None:
@@ -386,7 +390,7 @@ class Lifecycle:
 
     # -- describing ------------------------------------------------------------------
 
-    def event(self, event_type: str, record: UploadRecord, environ: dict | None,
+    def event(self, event_type: str, record: UploadRecord, environ: dict[str, Any] | None,
               event_id: str) -> HookEvent:
         request = None if environ is None else request_info(environ, self.settings.trust_proxy)
         return HookEvent(event_type, event_id, upload_info(record, self.store), request)
@@ -418,7 +422,7 @@ def _info(data: dict[str, Any]) -> UploadInfo:
     return UploadInfo(**{**data, "partial_uploads": tuple(data.get("partial_uploads") or ())})
 
 
-def request_info(environ: dict, trust_proxy: bool) -> RequestInfo:
+def request_info(environ: dict[str, Any], trust_proxy: bool) -> RequestInfo:
     """The request as a receiver sees it (tusd's HTTPRequest), every header included."""
     headers: dict[str, list[str]] = {}
     for key, value in environ.items():

@@ -289,7 +289,7 @@ class _SeveralProcessesCheck:
     def __init__(self) -> None:
         self.checked = False
 
-    def __call__(self, environ: dict) -> None:
+    def __call__(self, environ: dict[str, Any]) -> None:
         if self.checked:
             return
         self.checked = True
@@ -316,7 +316,8 @@ def _serve() -> Response:
         from prometheus_client.multiprocess import MultiProcessCollector
 
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=directory)
+        # prometheus_client leaves the multiprocess functions unannotated.
+        MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
     else:
         _check_processes(request.environ)
         registry = REGISTRY
@@ -365,4 +366,5 @@ def child_exit(_server: object, worker: Any) -> None:
         return
     from prometheus_client.multiprocess import mark_process_dead
 
-    mark_process_dead(worker.pid, directory)
+    # prometheus_client leaves the multiprocess functions unannotated.
+    mark_process_dead(worker.pid, directory)  # type: ignore[no-untyped-call]

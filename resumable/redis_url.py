@@ -97,7 +97,7 @@ def parse_redis_url(url: str) -> RedisTarget:
         db=int(segments[1]) if len(segments) == 2 else 0,
         username=username,
         password=password,
-        sentinel_password=(query.get("sentinel_password") or [None])[0],
+        sentinel_password=next(iter(query.get("sentinel_password", [])), None),
         tls=tls,
     )
 

@@ -37,7 +37,7 @@ import secrets
 import sys
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 from flask import Request, Response, request
@@ -75,7 +75,7 @@ def _request_id(current: Request) -> str:
     environ = current.environ
     if REQUEST_ID not in environ:
         environ[REQUEST_ID] = request_id_for(current.headers.get(REQUEST_ID_HEADER))
-    return environ[REQUEST_ID]
+    return cast(str, environ[REQUEST_ID])
 
 
 def _is_patch(current: Request) -> bool:

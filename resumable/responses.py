@@ -10,7 +10,7 @@ import errno
 import logging
 
 from flask import Blueprint, Flask, Response, request
-from werkzeug.exceptions import HTTPException, default_exceptions
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, default_exceptions
 
 from . import metrics
 from .body import abandon_unread_body
@@ -50,7 +50,7 @@ def http_error_response(error: HTTPException) -> Response:
     """Routing errors (404, 405) in the same plain form as protocol errors."""
     tus_error = TusError(error.description or error.name)
     tus_error.status = error.code or 500
-    if error.code == 405 and error.valid_methods:
+    if isinstance(error, MethodNotAllowed) and error.valid_methods:
         tus_error.headers["Allow"] = ", ".join(error.valid_methods)
     return error_response(tus_error)
 

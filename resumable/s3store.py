@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from .files import make_private_dir, open_nofollow, remove_unknown, writable_problem, write_all
 from .protocol import BadRequest, is_valid_upload_id, parse_metadata
@@ -375,7 +375,7 @@ class S3Store(Store):
             Bucket=self.bucket, Key=key, Range=f"bytes={start}-{start + length - 1}"
         )["Body"]
         with contextlib.closing(body):
-            return body.read()
+            return cast(bytes, body.read())
 
     @_neutral
     def open_data(self, upload_id: str) -> StoredData:
@@ -513,7 +513,7 @@ class S3Store(Store):
             if size * left < length - done:  # earlier parts were smaller (a deferred length)
                 size = math.ceil((length - done) / left)
             return min(MAX_PART, size)
-        return min(MAX_PART, self.part_size * 2 ** (state_parts // PARTS_PER_DOUBLING))
+        return min(MAX_PART, cast(int, self.part_size * 2 ** (state_parts // PARTS_PER_DOUBLING)))
 
     @_neutral
     def start_multipart(self, record: UploadRecord) -> str:

@@ -386,7 +386,7 @@ def _items(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
-def convert(f: dataclasses.Field, raw: str) -> Any:
+def convert(f: dataclasses.Field[Any], raw: str) -> Any:
     """Turn the text of a flag or variable into the field's type."""
     kind = field_type(f)
     if kind is bool:
@@ -405,7 +405,7 @@ def convert(f: dataclasses.Field, raw: str) -> Any:
     return raw
 
 
-def field_type(f: dataclasses.Field) -> type:
+def field_type(f: dataclasses.Field[Any]) -> type:
     annotation = str(f.type)
     for name, kind in (("bool", bool), ("int", int), ("float", float)):
         if annotation.startswith(name):

@@ -51,6 +51,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from . import digests
 from .body import ClientDisconnected, MalformedBody, RequestBody, open_body
@@ -209,7 +210,7 @@ class Appender:
 
     def append(
         self,
-        environ: dict,
+        environ: dict[str, Any],
         lease: Lease,
         record: UploadRecord,
         limit: int | None,
@@ -243,7 +244,7 @@ class _Run:
         record: UploadRecord,
         checksum: Checksum | None,
         trailer_checksum: bool,
-        environ: dict,
+        environ: dict[str, Any],
     ):
         self.settings = appender.settings
         self.environ = environ
@@ -258,7 +259,7 @@ class _Run:
         self.pool = appender.pool
         self.expiry = appender.expiry
         self.lease = lease
-        self.record = record
+        self.record: UploadRecord = record
         self.checksum = checksum
         self.trailer_checksum = trailer_checksum
         #: Bytes are only staged (never committed early) while a digest is due.

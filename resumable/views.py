@@ -12,9 +12,10 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, cast
 
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import MethodNotAllowed
@@ -122,7 +123,7 @@ class Services:
     #: The process that started the background work below (0: none yet).
     started_in: int = 0
 
-    def start_in_this_process(self, environ: dict) -> None:
+    def start_in_this_process(self, environ: dict[str, Any]) -> None:
         """Once per process, at its first request of the endpoint (threads do not survive
         a fork): the sweeper of owed post-finish events, the collector, the worker check."""
         if self.started_in == os.getpid():
@@ -135,7 +136,7 @@ class Services:
 
 
 def services() -> Services:
-    return current_app.extensions["resumable"]
+    return cast(Services, current_app.extensions["resumable"])
 
 
 # --------------------------------------------------------------------------
@@ -178,7 +179,7 @@ def tus_headers(response: Response) -> Response:
 def public() -> PublicView:
     """Scheme, host, prefix and client address as the client used them (see forwarded.py)."""
     current = request._get_current_object()  # type: ignore[attr-defined]
-    view = current.environ.get(PUBLIC_VIEW)
+    view: PublicView | None = current.environ.get(PUBLIC_VIEW)
     if view is None:
         if services().settings.trust_proxy:
             view = public_view(current.environ, True)
@@ -216,6 +217,7 @@ def _serve_as(method: str, upload_id: str | None) -> Response:
         if method == "OPTIONS":
             return options()
         raise MethodNotAllowed(valid_methods=ROOT_METHODS)
+    views: dict[str, Callable[[str], Response]]
     views = {"GET": read, "HEAD": read, "PATCH": patch, "DELETE": delete, "OPTIONS": options}
     view = views.get(method)
     if view is None:

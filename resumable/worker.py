@@ -54,12 +54,18 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent import futures
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from gunicorn.workers.gthread import ThreadWorker
 
 from . import stopping
 from .body import serving
 from .settings import Settings
+
+if TYPE_CHECKING:  # gunicorn's internals, named only for the reader (gunicorn is untyped)
+    from gunicorn.http.message import Request
+    from gunicorn.workers.gthread import TConn
 
 log = logging.getLogger("resumable")
 
@@ -145,7 +151,7 @@ class HeaderDeadlines:
             cut(sock)
 
 
-def _next_request_soon(conn) -> bool:  # noqa: ANN001 - gunicorn's TConn
+def _next_request_soon(conn: TConn) -> bool:
     """Whether the connection's next request arrives within :data:`NEXT_REQUEST_WAIT`.
 
     gunicorn hands a kept-alive connection back to the main thread, which
@@ -195,7 +201,7 @@ def limit_malloc_arenas(arenas: int) -> bool:
         return False
 
 
-def warn_if_worker_cuts_uploads(environ: dict) -> None:
+def warn_if_worker_cuts_uploads(environ: dict[str, Any]) -> None:
     """Warn when the server kills long requests: gunicorn's default ``sync`` worker.
 
     It serves one request at a time and is killed when a request outlasts
@@ -212,7 +218,7 @@ def warn_if_worker_cuts_uploads(environ: dict) -> None:
         )
 
 
-class ResumableThreadWorker(ThreadWorker):
+class ResumableThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn is untyped
     """gunicorn's gthread worker with :class:`HeaderDeadlines` around each request's head."""
 
     def init_process(self) -> None:
@@ -233,26 +239,26 @@ class ResumableThreadWorker(ThreadWorker):
         stopping.begin()
         self.header_deadlines.hasten(time.monotonic() + STOP_HEAD_GRACE)
 
-    def handle_exit(self, sig, frame):  # noqa: ANN001, ANN201 - gunicorn's signature
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """SIGTERM, in the main thread; gunicorn then waits for the connections."""
         self.begin_stop()
         super().handle_exit(sig, frame)
 
-    def handle_quit(self, sig, frame):  # noqa: ANN001, ANN201 - gunicorn's signature
+    def handle_quit(self, sig: int, frame: FrameType | None) -> None:
         """SIGQUIT, SIGINT: the process exits once its threads end, so have transfers end."""
         self.begin_stop()
         super().handle_quit(sig, frame)
 
     def is_parent_alive(self) -> bool:
         """An orphaned worker stops like one sent SIGTERM (nobody would ever kill it)."""
-        alive = super().is_parent_alive()
+        alive: bool = super().is_parent_alive()
         if not alive:
             self.begin_stop()
         return alive
 
-    def enqueue_req(self, conn):  # noqa: ANN001, ANN201 - gunicorn's signature
+    def enqueue_req(self, conn: TConn) -> None:
         self.busy_threads += 1  # main thread only, as is finish_request
-        return super().enqueue_req(conn)
+        super().enqueue_req(conn)
 
     def set_accept_enabled(self, enabled: bool) -> None:
         """gunicorn's rule (room for another connection) and a free thread to serve it.
@@ -265,14 +271,14 @@ class ResumableThreadWorker(ThreadWorker):
             for listener in self.sockets:
                 listener.close()
 
-    def accept(self, listener):  # noqa: ANN001, ANN201 - gunicorn's signature
+    def accept(self, listener: socket.socket) -> None:
         if not self.alive:
             return None  # stopping: the listener may be closed, and nothing new is taken
         super().accept(listener)
         if self.busy_threads >= self.cfg.threads:
             self.set_accept_enabled(False)  # at once: more may be waiting to be accepted
 
-    def finish_request(self, conn, fs):  # noqa: ANN001, ANN201 - gunicorn's signature
+    def finish_request(self, conn: TConn, fs: futures.Future[object]) -> None:
         """Like gunicorn's, but a lingering close does not block the main thread."""
         self.busy_threads -= 1
         try:
@@ -280,12 +286,13 @@ class ResumableThreadWorker(ThreadWorker):
         except Exception:  # noqa: BLE001 - gunicorn's own handling closes at once
             closing = False
         if not closing:
-            return super().finish_request(conn, fs)
+            super().finish_request(conn, fs)
+            return
         self.nr_conns -= 1
         self.closer.submit(conn.close, True)
         return None
 
-    def handle(self, conn):  # noqa: ANN001, ANN201 - gunicorn's signature
+    def handle(self, conn: TConn) -> object:  # keep-alive (bool), or gunicorn's _DEFER
         """Serve ``conn`` while each next request follows within :data:`NEXT_REQUEST_WAIT`."""
         while True:
             conn.header_deadline = self.header_deadlines.arm(conn.sock)
@@ -296,12 +303,13 @@ class ResumableThreadWorker(ThreadWorker):
             if keep is not True or not self.alive or not _next_request_soon(conn):
                 return keep
 
-    def handle_request(self, req, conn):  # noqa: ANN001, ANN201 - gunicorn's signature
+    def handle_request(self, req: Request, conn: TConn) -> bool:
         # The head is parsed: from here on the body's own timeouts apply.
         if not self.header_deadlines.disarm(conn.header_deadline):
             return False  # cut at the deadline an instant ago: already answered 408
         serving.request = req  # so an unread body can make the answer say "close"
         try:
-            return super().handle_request(req, conn)
+            keep: bool = super().handle_request(req, conn)
+            return keep
         finally:
             serving.request = None

@@ -413,7 +413,8 @@ def connect(url: str, concurrency: int = 0) -> Client:
         "socket_connect_timeout": CONNECT_TIMEOUT,
         "health_check_interval": 30,
     }
-    login = {"username": target.username, "password": target.password}
+    login: dict[str, Any] = {"username": target.username, "password": target.password}
+    # redis-py leaves ClusterNode, Sentinel and master_for unannotated (type: ignore below).
     if target.kind == "cluster":
         # redis-py gives each node the pool class asked for only when the
         # client is made from a URL: the first node's, the others as seeds.
@@ -422,14 +423,14 @@ def connect(url: str, concurrency: int = 0) -> Client:
         return ClusterOnFirstUse(
             lambda: RedisCluster(
                 url=f"{scheme}://{_bracketed(host)}:{port}",
-                startup_nodes=[ClusterNode(h, p) for h, p in seeds],
+                startup_nodes=[ClusterNode(h, p) for h, p in seeds],  # type: ignore[no-untyped-call]
                 connection_pool_class=BlockingConnectionPool,
                 **login,
                 **pool_options,
             )
         )
     if target.kind == "sentinel":
-        sentinel = Sentinel(
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
             list(target.nodes),
             sentinel_kwargs={
                 "password": target.sentinel_password,
@@ -438,7 +439,7 @@ def connect(url: str, concurrency: int = 0) -> Client:
                 "socket_connect_timeout": CONNECT_TIMEOUT,
             },
         )
-        return sentinel.master_for(
+        return sentinel.master_for(  # type: ignore[no-untyped-call, no-any-return]
             target.master,
             connection_pool_class=_SentinelBlockingPool,
             db=target.db,
@@ -536,8 +537,9 @@ class RedisRegistry(Registry):
         """
         pool = getattr(self.redis, "connection_pool", None)
         if isinstance(pool, SentinelConnectionPool):
+            # get_master_address is unannotated in redis-py.
             with contextlib.suppress(*_UNREACHABLE):
-                pool.get_master_address()
+                pool.get_master_address()  # type: ignore[no-untyped-call]
 
     def key(self, kind: str, upload_id: str) -> str:
         return f"{self.prefix}{kind}:{{{upload_id}}}"
@@ -673,7 +675,8 @@ class RedisRegistry(Registry):
 
     @_neutral
     def waiting_finals(self, part_id: str) -> list[str]:
-        return sorted(m.decode() for m in self.redis.smembers(self.key("waiting", part_id)))
+        # redis-py types members as bytes | str; without decode_responses they are bytes.
+        return sorted(m.decode() for m in self.redis.smembers(self.key("waiting", part_id)))  # type: ignore[union-attr]
 
     @_neutral
     def remove_waiting(self, final_id: str, part_ids: list[str]) -> None:

@@ -105,7 +105,7 @@ class Doorbells:
     def listening(self) -> None:
         self.started.set()
 
-    def remove(self, upload_id: str, wakeup: Wakeup) -> None:
+    def remove(self, upload_id: str, wakeup: Wakeup | Silent) -> None:
         with self.lock:
             if self.holders.get(upload_id) is wakeup:
                 del self.holders[upload_id]
