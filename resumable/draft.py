@@ -48,6 +48,7 @@ from .protocol import (
     PayloadTooLarge,
     TusError,
     UnsupportedMediaType,
+    UploadRejected,
     encode_metadata,
     new_upload_id,
 )
@@ -145,12 +146,16 @@ def limits(draft: int) -> dict[str, str]:
 
 
 def _digest_checked(draft: int, append: Callable[[], UploadRecord]) -> UploadRecord:
-    """Run ``append``; a content that does not match its Content-Digest is not kept (400)."""
+    """Run ``append``; a content that does not match its Content-Digest is not kept (400),
+    and an upload whose finish was refused (its Repr-Digest, a hook) did not complete."""
     try:
         return append()
     except ChecksumMismatch as mismatch:  # its headers name the upload a creation made
         raise BadRequest("the content does not match its Content-Digest; nothing was kept",
                          {**mismatch.headers, **_flag(draft, False)}) from None
+    except UploadRejected as rejected:
+        rejected.headers.update(_flag(draft, False))
+        raise
 
 
 def _length_header() -> int | None:
@@ -237,7 +242,7 @@ def create(draft: int) -> Response:
         _announce(draft, location)
     record = _digest_checked(draft, lambda: views.create_upload(record, location, digest))
     if complete and record.length is None:
-        record = _declare_final_length(record)
+        record = _digest_checked(draft, lambda: _declare_final_length(record))
     return _answer(draft, record, created=True)
 
 
@@ -300,7 +305,7 @@ def append(draft: int, upload_id: str) -> Response:
         except PayloadTooLarge:
             raise _inconsistent(draft, "the body runs past the upload's length") from None
     if complete and record.length is None:
-        record = _declare_final_length(record)
+        record = _digest_checked(draft, lambda: _declare_final_length(record))
     return _answer(draft, record, created=False)
 
 

@@ -500,6 +500,7 @@ def test_a_representation_unlike_its_repr_digest_is_deleted(draft: Draft) -> Non
                        **{"Repr-Digest": digest(b"something else")}).headers["Location"]
     done = draft.append(url, 40, data[40:], complete="?1")
     assert done.status_code == 400 and "Repr-Digest" in done.text
+    assert done.headers["Upload-Complete"] == "?0"
     assert draft.head(url).status_code == 404
     assert requests.get(url, timeout=10).status_code in (404, 410)
     whole = draft.create(data, complete="?1", **{"Repr-Digest": digest(data[1:], "sha512")})
@@ -525,6 +526,7 @@ def test_repr_digest_when_the_length_comes_with_the_last_bytes(draft: Draft) -> 
                            **{"Repr-Digest": digest(expected)}).headers["Location"]
         done = draft.append(url, 10, iter([data[10:35], data[35:]]), complete="?1")
         assert done.status_code == status, done.text
+        assert done.headers["Upload-Complete"] == ("?1" if status == 204 else "?0")
         assert draft.head(url).status_code == (204 if status == 204 else 404)
         if status == 204:
             assert requests.get(url, timeout=10).content == data
