@@ -155,7 +155,12 @@ class StreamBody(RequestBody):
         want = len(view) if self.remaining is None else min(len(view), self.remaining)
         if want == 0:
             return 0
-        data = self.stream.read(want)
+        try:
+            data = self.stream.read(want)
+        except OSError as error:
+            # uWSGI, mod_wsgi and Werkzeug's own server report a reset connection
+            # (and Werkzeug bad chunked framing) by raising, not by ending the stream.
+            raise ClientDisconnected(f"reading the body failed: {error}") from error
         if not data:
             if self.remaining is not None:
                 raise ClientDisconnected("body ended before Content-Length")
