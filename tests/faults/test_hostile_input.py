@@ -40,9 +40,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from ..support import OFFSET_STREAM, Server, TusClient, wait_until
+from ..support import OFFSET_STREAM, ROOT, Server, TusClient, wait_until
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE = "/files/"
 LIMIT_MAX_SIZE = 100_000
 LIMIT_CONCAT_PARTS = 50
@@ -1009,7 +1008,7 @@ def test_final_with_too_many_parts(server: Server, limits_server: Server, backen
         part = upload_id(part_url)
         forms = {"bare": part, "relative": f"{BASE}{part}", "absolute": part_url}
         cases = [("bare", limit + 1), ("bare", 1900), ("absolute", limit + 1)]
-        if limit == LIMIT_CONCAT_PARTS:  # (1001 relative URLs: tests/test_extensions.py)
+        if limit == LIMIT_CONCAT_PARTS:  # (1001 relative URLs: tests/extensions/test_extensions.py)
             cases.append(("relative", limit + 1))
         for form, count in cases:
             value = "final;" + " ".join([forms[form]] * count)
@@ -1357,14 +1356,14 @@ def test_download_ascii_fallback_name_has_no_separators(server: Server, backend:
 # 10. Access control through --auth-hook
 # --------------------------------------------------------------------------
 
-HOOK = "tests.faults.auth_hook_example:authorize"
+HOOK = "tests.apps.auth_hook:authorize"
 TOKEN = "s3cret-" + os.urandom(8).hex()
 GOOD = {"Authorization": f"Bearer {TOKEN}"}
 
 
 class HookedServer(Server):
     """A Server whose process gets extra environment variables (the hook's token and
-    log) and runs from the repository root, so ``tests.faults`` can be imported."""
+    log) and runs from the repository root, so ``tests.apps`` can be imported."""
 
     def __init__(self, data_dir: Path, env: dict[str, str], **kwargs: object):
         super().__init__(data_dir, **kwargs)  # type: ignore[arg-type]
@@ -1374,7 +1373,7 @@ class HookedServer(Server):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, **self.env)
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p
+            p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p
         )
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
@@ -1383,7 +1382,7 @@ class HookedServer(Server):
                 stderr=log,
                 start_new_session=True,
                 env=env,
-                cwd=REPO_ROOT,
+                cwd=ROOT,
             )
         if not wait_until(self.ready, 20, 0.1):
             self.stop()
