@@ -28,6 +28,8 @@ from .support import (
     RedisServer,
     Server,
     TusClient,
+    assert_no_traceback,
+    guarded,
     split_backend,
 )
 
@@ -174,3 +176,23 @@ def server(backend: str, start_server) -> Server:
 @pytest.fixture
 def tus(server: Server) -> TusClient:
     return TusClient(server.endpoint)
+
+
+@pytest.fixture
+def guarded_client() -> Iterator[Callable[[Server | Proxied], TusClient]]:
+    """Factory: guarded_client(server) -> a client whose every 5xx fails the test.
+
+    At the end of the test each such server's log, from when its client was
+    made, must hold no traceback.
+    """
+    made: list[tuple[Server | Proxied, TusClient, int]] = []
+
+    def make(server: Server | Proxied) -> TusClient:
+        client = guarded(server)
+        made.append((server, client, len(server.log())))
+        return client
+
+    yield make
+    for server, client, log_start in made:
+        client.session.close()
+        assert_no_traceback(server, log_start)

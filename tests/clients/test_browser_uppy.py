@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from ..browser_support import BROWSER_DIR, BrowserKit, browser_kit, run_driver, static_server
-from ..support import TusClient
+from ..support import TusClient, assert_no_traceback
+from ..support.browser import BROWSER_DIR, BrowserKit, browser_kit, run_driver, static_server
 
 #: Both registries on local disk, uploads kept in S3 (moto) on one instance, and two
 #: replicas behind nginx with their own data dirs sharing Redis and the bucket.
@@ -110,7 +110,7 @@ def test_uppy_uploads_8_mib_across_origins(
     assert len(download.content) == SIZE
     expected = hashlib.sha256(page_bytes()).hexdigest()
     assert hashlib.sha256(download.content).hexdigest() == expected
-    assert "Traceback" not in server.log(), server.log()
+    assert_no_traceback(server)
 
 
 def test_uppy_is_refused_by_a_server_that_lists_other_origins(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -23,20 +22,27 @@ from urllib.parse import urljoin, urlsplit
 
 import pytest
 
-from ..support import ROOT, Server, TusClient, assert_finished, decode_metadata, pattern_bytes
+from ..support import (
+    OFFSET_STREAM,
+    TESTS,
+    MiB,
+    Server,
+    TusClient,
+    assert_finished,
+    decode_metadata,
+    pattern_file,
+)
+from ..support.node import node_and_npm, npm_ci, run_json_script
 
 #: Both registries on local disk, uploads kept in S3 (moto) on one instance, and two
 #: replicas behind nginx with their own data dirs sharing Redis and the bucket.
 BACKENDS = ("embedded", "redis", "redis-s3", "proxied-redis-s3")
 
-JS_DIR = ROOT / "tests" / "js"
+JS_DIR = TESTS / "js"
 SCRIPT = JS_DIR / "tusjs_upload.mjs"
-NPM_CI = ["npm", "ci", "--no-audit", "--no-fund"]
-MiB = 1024 * 1024
 CHUNK = 4 * MiB
 SIZE = 12 * MiB + 4321  # three full chunks and a short one
 FILENAME = "résumé 東京.bin"
-OFFSET_STREAM = "application/offset+octet-stream"
 
 
 # --------------------------------------------------------------------------
@@ -66,23 +72,10 @@ class Node:
 @pytest.fixture(scope="session")
 def node() -> Node:
     """node, with tests/js/node_modules installed from the lock file (npm ci)."""
-    executable, npm = shutil.which("node"), shutil.which("npm")
-    if executable is None or npm is None:
-        pytest.fail(
-            "node and npm are needed for the tus-js-client tests (Node >= 18); install them",
-            pytrace=False,
-        )
+    executable, npm = node_and_npm("the tus-js-client tests")
     wanted = locked_version()
     if installed_version() != wanted:
-        process = subprocess.run(
-            [npm, *NPM_CI[1:]], cwd=JS_DIR, capture_output=True, text=True, timeout=600
-        )
-        if process.returncode != 0:
-            pytest.fail(
-                f"`{' '.join(NPM_CI)}` in {JS_DIR} failed ({process.returncode}):\n"
-                f"{process.stdout}\n{process.stderr}",
-                pytrace=False,
-            )
+        npm_ci(npm, JS_DIR)
         if installed_version() != wanted:
             pytest.fail(f"npm ci did not install tus-js-client {wanted}", pytrace=False)
     node_version = subprocess.run(
@@ -102,24 +95,11 @@ def _report_client_version(node: Node, request: pytest.FixtureRequest) -> None:
 def run_tusjs(node: Node, **spec: object) -> dict:
     """One scenario in Node; its JSON result, or a failure that shows the exchange."""
     spec.setdefault("timeoutMs", 40_000)
-    process = subprocess.run(
-        [node.executable, str(SCRIPT), json.dumps(spec)],
-        cwd=JS_DIR,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = run_json_script(
+        [node.executable, str(SCRIPT), json.dumps(spec)], JS_DIR, 60,
+        lambda result: "requests:\n" + "\n".join(
+            json.dumps(entry) for entry in result.get("requests", [])),
     )
-    lines = process.stdout.strip().splitlines()
-    try:
-        result = json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
-        pytest.fail(
-            f"tus-js-client script printed no result (exit {process.returncode}):\n"
-            f"{process.stdout}\n{process.stderr}"
-        )
-    if process.returncode != 0 or not result.get("ok"):
-        exchange = "\n".join(json.dumps(entry) for entry in result.get("requests", []))
-        pytest.fail(f"tus-js-client failed: {result.get('error')}\nrequests:\n{exchange}")
     assert result["version"] == node.client_version
     for entry in result["requests"]:
         if "status" in entry:  # only requests the client aborted itself have none
@@ -127,16 +107,18 @@ def run_tusjs(node: Node, **spec: object) -> dict:
     return result
 
 
+def upload_file(
+    node: Node, tmp_path: Path, endpoint: str, seed: int, size: int = SIZE, **spec: object
+) -> tuple[dict, bytes]:
+    """tus-js-client uploads a file of ``size`` pattern bytes in CHUNK requests: its
+    result, and the bytes it sent."""
+    path, data = pattern_file(tmp_path, size, seed)
+    return run_tusjs(node, endpoint=endpoint, file=str(path), chunkSize=CHUNK, **spec), data
+
+
 # --------------------------------------------------------------------------
 # Checks
 # --------------------------------------------------------------------------
-
-
-def write_file(tmp_path: Path, size: int, seed: int) -> tuple[Path, bytes]:
-    data = pattern_bytes(size, seed=seed)
-    path = tmp_path / f"upload-{seed}.bin"
-    path.write_bytes(data)
-    return path, data
 
 
 def requests_of(result: dict, method: str | None = None, phase: int | None = None) -> list[dict]:
@@ -184,16 +166,9 @@ def test_tusjs_plain_upload(
     node: Node, server: Server, tus: TusClient, tmp_path: Path, source: str
 ) -> None:
     """From a Buffer and from an fs.ReadStream, in 4 MiB PATCHes, with metadata."""
-    path, data = write_file(tmp_path, SIZE, seed=31)
     metadata = {"filename": FILENAME, "filetype": "application/octet-stream", "empty": ""}
-    result = run_tusjs(
-        node,
-        endpoint=server.endpoint,
-        file=str(path),
-        source=source,
-        chunkSize=CHUNK,
-        metadata=metadata,
-    )
+    result, data = upload_file(node, tmp_path, server.endpoint, 31, source=source,
+                               metadata=metadata)
     url = result["url"]
     assert url.startswith(server.endpoint)
     (post,) = requests_of(result, "POST")
@@ -208,14 +183,9 @@ def test_tusjs_plain_upload(
 
 def test_tusjs_parallel_uploads(node: Node, server: Server, tus: TusClient, tmp_path: Path) -> None:
     """parallelUploads: 3 → three partial uploads and a final concatenation."""
-    path, data = write_file(tmp_path, SIZE, seed=32)
     metadata = {"filename": FILENAME}
-    result = run_tusjs(
-        node,
-        endpoint=server.endpoint,
-        file=str(path),
-        chunkSize=CHUNK,
-        metadata=metadata,
+    result, data = upload_file(
+        node, tmp_path, server.endpoint, 32, metadata=metadata,
         options={"parallelUploads": 3, "metadataForPartialUploads": {"role": "part"}},
     )
     final_url = result["url"]
@@ -256,15 +226,8 @@ def test_tusjs_abort_and_resume_from_previous_upload(
     pausing on a slow network does: the server keeps what arrived, the new Upload's HEAD
     must report it at once, and the next PATCH must not be refused as locked.
     """
-    path, data = write_file(tmp_path, SIZE, seed=33)
     storage = tmp_path / "tus-url-storage.json"
-    spec: dict[str, object] = {
-        "endpoint": server.endpoint,
-        "file": str(path),
-        "chunkSize": CHUNK,
-        "metadata": {"filename": FILENAME},
-        "urlStorage": str(storage),
-    }
+    spec: dict[str, object] = {"metadata": {"filename": FILENAME}, "urlStorage": str(storage)}
     if where == "between-patches":
         spec.update(source="buffer", abortAt=CHUNK)
     else:
@@ -273,7 +236,7 @@ def test_tusjs_abort_and_resume_from_previous_upload(
             abortAtSent=CHUNK + CHUNK // 2,
             throttle={"piece": 256 * 1024, "delayMs": 10},
         )
-    result = run_tusjs(node, **spec)
+    result, data = upload_file(node, tmp_path, server.endpoint, 33, **spec)
 
     (abort,) = events_of(result, "abort")
     (aborted,) = events_of(result, "aborted")
@@ -307,15 +270,9 @@ def test_tusjs_upload_data_during_creation(
     node: Node, server: Server, tus: TusClient, tmp_path: Path, size: int
 ) -> None:
     """uploadDataDuringCreation: the first chunk rides on the POST (creation-with-upload)."""
-    path, data = write_file(tmp_path, size, seed=34)
-    result = run_tusjs(
-        node,
-        endpoint=server.endpoint,
-        file=str(path),
-        chunkSize=CHUNK,
-        metadata={"filename": FILENAME},
-        options={"uploadDataDuringCreation": True},
-    )
+    result, data = upload_file(node, tmp_path, server.endpoint, 34, size,
+                               metadata={"filename": FILENAME},
+                               options={"uploadDataDuringCreation": True})
     url = result["url"]
     (post,) = requests_of(result, "POST")
     assert post["headers"]["Content-Type"] == OFFSET_STREAM
@@ -422,14 +379,8 @@ def test_tusjs_override_patch_method(
     node: Node, server: Server, tus: TusClient, proxy: RecordingProxy, tmp_path: Path
 ) -> None:
     """overridePatchMethod: the server receives POST + X-HTTP-Method-Override: PATCH."""
-    path, data = write_file(tmp_path, SIZE, seed=35)
-    result = run_tusjs(
-        node,
-        endpoint=proxy.endpoint,
-        file=str(path),
-        chunkSize=CHUNK,
-        options={"overridePatchMethod": True},
-    )
+    result, data = upload_file(node, tmp_path, proxy.endpoint, 35,
+                               options={"overridePatchMethod": True})
     url = result["url"]
     assert url.startswith(proxy.endpoint)  # Location follows the Host the client used
     upload_path = urlsplit(url).path
@@ -454,16 +405,9 @@ def test_tusjs_remove_fingerprint_on_success(
     node: Node, server: Server, tus: TusClient, tmp_path: Path
 ) -> None:
     """removeFingerprintOnSuccess: stored while uploading, gone from the storage after."""
-    path, data = write_file(tmp_path, SIZE, seed=36)
     storage = tmp_path / "tus-url-storage.json"
-    result = run_tusjs(
-        node,
-        endpoint=server.endpoint,
-        file=str(path),
-        chunkSize=CHUNK,
-        urlStorage=str(storage),
-        options={"removeFingerprintOnSuccess": True},
-    )
+    result, data = upload_file(node, tmp_path, server.endpoint, 36, urlStorage=str(storage),
+                               options={"removeFingerprintOnSuccess": True})
     url = result["url"]
     (stored,) = events_of(result, "stored")  # looked up after the first PATCH
     assert [entry["uploadUrl"] for entry in stored["entries"]] == [url]
@@ -487,9 +431,7 @@ def test_tusjs_ietf_draft_upload(
     node: Node, server: Server, tus: TusClient, tmp_path: Path, mode: str
 ) -> None:
     """protocol: 'ietf-draft-03' / '-05', in 4 MiB appends, byte-exact, no tus header."""
-    path, data = write_file(tmp_path, SIZE, seed=41)
-    result = run_tusjs(node, endpoint=server.endpoint, file=str(path), chunkSize=CHUNK,
-                       options={"protocol": mode})
+    result, data = upload_file(node, tmp_path, server.endpoint, 41, options={"protocol": mode})
     url = result["url"]
     assert url.startswith(server.endpoint)
     sent = requests_of(result)
@@ -507,9 +449,8 @@ def test_tusjs_ietf_draft_abort_and_resume(
     node: Node, server: Server, tus: TusClient, tmp_path: Path, mode: str
 ) -> None:
     """Aborted inside an append on a slow link; a new Upload resumes the same URL."""
-    path, data = write_file(tmp_path, SIZE, seed=42)
-    result = run_tusjs(
-        node, endpoint=server.endpoint, file=str(path), chunkSize=CHUNK, source="stream",
+    result, data = upload_file(
+        node, tmp_path, server.endpoint, 42, source="stream",
         urlStorage=str(tmp_path / "storage.json"), abortAtSent=CHUNK + CHUNK // 2,
         throttle={"piece": 256 * 1024, "delayMs": 10}, options={"protocol": mode},
     )

@@ -16,13 +16,12 @@ from tusclient.fingerprint.fingerprint import Fingerprint
 from tusclient.storage.filestorage import FileStorage
 from tusclient.uploader import Uploader
 
-from ..support import Server, TusClient, assert_finished, decode_metadata, pattern_bytes
+from ..support import MiB, Server, TusClient, assert_finished, decode_metadata, pattern_file
 
 #: Both registries on local disk, uploads kept in S3 (moto) on one instance, and two
 #: replicas behind nginx with their own data dirs sharing Redis and the bucket.
 BACKENDS = ("embedded", "redis", "redis-s3", "proxied-redis-s3", "hosted-redis")
 
-MiB = 1024 * 1024
 CHUNK = 5 * MiB
 FILENAME = "résumé 東京.bin"
 TUSPY_VERSION = version("tuspy")
@@ -34,18 +33,11 @@ def _report_client_version(request: pytest.FixtureRequest) -> None:
     request.node.user_properties.append(("client under test", f"tuspy {TUSPY_VERSION}"))
 
 
-def write_file(tmp_path: Path, size: int, seed: int) -> tuple[Path, bytes]:
-    data = pattern_bytes(size, seed=seed)
-    path = tmp_path / f"upload-{seed}.bin"
-    path.write_bytes(data)
-    return path, data
-
-
 def test_tuspy_stop_and_resume_with_new_uploader(
     server: Server, tus: TusClient, tmp_path: Path
 ) -> None:
     """2 of 5 chunks, stop; a new client resumes from the stored URL; non-ASCII metadata."""
-    path, data = write_file(tmp_path, 23 * MiB + 321, seed=21)
+    path, data = pattern_file(tmp_path, 23 * MiB + 321, seed=21)
     metadata = {"filename": FILENAME, "filetype": "application/octet-stream"}
     storage = FileStorage(str(tmp_path / "tuspy-urls.json"))
     try:
@@ -90,7 +82,7 @@ class WrongChecksumUploader(Uploader):
 
 def test_tuspy_upload_checksum(server: Server, tus: TusClient, tmp_path: Path) -> None:
     """upload_checksum=True: sha1 per chunk is verified (460 when wrong), then accepted."""
-    path, data = write_file(tmp_path, 12 * MiB + 99, seed=22)
+    path, data = pattern_file(tmp_path, 12 * MiB + 99, seed=22)
     client = TuspyClient(server.endpoint)
 
     wrong = WrongChecksumUploader(

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from ..browser_support import BrowserKit, browser_kit, run_driver
-from ..support import ROOT, Server, TusClient, pattern_bytes
+from ..support import ROOT, Server, TusClient, assert_no_traceback, pattern_bytes
+from ..support.browser import BrowserKit, browser_kit, run_driver
 
 MiB = 1024 * 1024
 SCREENSHOT_COPY = ROOT / "bench-results" / "demo-page.png"
@@ -109,7 +109,7 @@ def test_demo_page_uploads_pauses_resumes_and_shows_status(
     assert screenshot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     SCREENSHOT_COPY.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(screenshot, SCREENSHOT_COPY)
-    assert "Traceback" not in demo_server.log(), demo_server.log()
+    assert_no_traceback(demo_server)
 
 
 def test_demo_page_loads_only_local_assets(demo_server: Server) -> None:

@@ -16,14 +16,12 @@ small data dirs, sharing only Redis and an S3 bucket (moto).
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import itertools
 import os
 import re
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -35,17 +33,25 @@ import requests
 
 from ..support import (
     NGINX_MISSING,
+    OFFSET_STREAM,
+    TUS,
+    MiB,
     Proxied,
     Server,
     TusClient,
+    checksum_header,
+    data_file,
+    download_sha256,
+    encode_metadata,
     iter_chunks,
     nginx_executable,
     pattern_bytes,
+    raw_request,
     s3_client,
+    upload_id,
     wait_until,
 )
 
-MiB = 1 << 20
 ORIGIN = "https://app.example"
 RETRIED = (423, 502, 503, 504)  # what tus-js-client retries after a HEAD (with 409)
 UPLOAD_URL = re.compile(r"(?P<base>.+/files/)(?P<id>[0-9a-f]{32})")
@@ -60,17 +66,6 @@ REPLICA_SETTINGS: dict[str, object] = {
     "commit_bytes": MiB,
     "gc_interval": 0,
 }
-
-
-def upload_id(url: str) -> str:
-    match = UPLOAD_URL.fullmatch(url)
-    assert match, f"not an upload URL: {url!r}"
-    return match.group("id")
-
-
-def data_file(cluster: Proxied, url: str) -> Path:
-    """The upload's file in the data directory the replicas share."""
-    return cluster.data_dir / "uploads" / upload_id(url)
 
 
 def start_cluster(start_server, backend: str = "proxied-redis") -> Proxied:
@@ -381,8 +376,7 @@ def test_chunked_patch_with_expect_continue(tus: TusClient) -> None:
 
 
 def test_large_upload_metadata_passes_both_ways(tus: TusClient) -> None:
-    value = base64.b64encode(pattern_bytes(11_000, seed=5)).decode()
-    metadata = f"filename {base64.b64encode(b'big.bin').decode()},blob {value}"
+    metadata = encode_metadata(filename="big.bin", blob=pattern_bytes(11_000, seed=5))
     assert 14_000 < len(metadata) <= 16 * 1024  # over nginx's defaults, under the server's limit
     url = tus.new_upload(5, headers={"Upload-Metadata": metadata})
     head = tus.head(url)
@@ -418,25 +412,15 @@ def test_checksum_trailer_is_not_offered_through_the_proxy(
     assert "checksum" in offered.split(",")
     assert "checksum-trailer" not in offered.split(",")
     url = tus.new_upload(11)
-    digest = base64.b64encode(hashlib.sha256(b"hello world").digest()).decode()
-    path = url.split("://", 1)[1].split("/", 1)[1]
-    request = (
-        f"PATCH /{path} HTTP/1.1\r\nHost: 127.0.0.1:{cluster.nginx.port}\r\n"
-        "Tus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n"
-        "Content-Type: application/offset+octet-stream\r\n"
-        "Transfer-Encoding: chunked\r\nTrailer: Upload-Checksum\r\nConnection: close\r\n\r\n"
-        f"b\r\nhello world\r\n0\r\nUpload-Checksum: sha256 {digest}\r\n\r\n"
-    ).encode()
-    with socket.create_connection(("127.0.0.1", cluster.nginx.port), timeout=30) as sock:
-        sock.sendall(request)
-        reply = b""
-        while chunk := sock.recv(65536):
-            reply += chunk
-    status = reply.split(b"\r\n", 1)[0].split()[1]
+    headers = {**TUS, "Upload-Offset": "0", "Content-Type": OFFSET_STREAM,
+               "Transfer-Encoding": "chunked", "Trailer": "Upload-Checksum"}
+    body = b"b\r\nhello world\r\n0\r\n" + (
+        f"Upload-Checksum: {checksum_header('sha256', b'hello world')}\r\n\r\n".encode())
+    reply = raw_request(cluster, "PATCH", url, headers, body, timeout=30)
     # nginx re-frames a body it has whole with Content-Length (400: a trailer
     # needs a chunked body), and drops the trailer of one it streams (460).
-    assert (status, b"never arrived" in reply or b"needs a chunked body" in reply) in (
-        (b"400", True), (b"460", True)), reply[:500]
+    assert (reply.status, b"never arrived" in reply.body or b"needs a chunked body" in reply.body
+            ) in ((400, True), (460, True)), reply
     assert tus.offset(url) == 0
 
 
@@ -490,12 +474,7 @@ def test_256_mib_alternating_hosts_on_s3_with_small_data_dirs(start_server) -> N
     assert max(peaks.values()) < 64 * MiB, peaks
 
     expected = hashlib.sha256(data).hexdigest()
-    digest = hashlib.sha256()
-    with tus.get(url, stream=True) as download:
-        assert download.status_code == 200
-        for piece in download.iter_content(MiB):
-            digest.update(piece)
-    assert digest.hexdigest() == expected
+    assert download_sha256(tus, url) == (expected, len(data))
     settings = deployment.settings
     stored = s3_client(str(settings["s3_endpoint"])).get_object(
         Bucket=settings["s3_bucket"], Key=f"{settings['s3_prefix']}{upload_id(url)}"

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import requests
 
-from ..support import OFFSET_STREAM, ROOT, TUS, free_port, wait_until
+from ..support import OFFSET_STREAM, ROOT, TUS, free_port, upload_id, wait_until
+from ..support.processes import stop_group
 
 README = ROOT / "README.md"
 
@@ -46,15 +47,6 @@ def _start(command: list[str], cwd: Path, log: Path, url: str) -> subprocess.Pop
     return process
 
 
-def _stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
-
-
 def test_the_host_app_example(tmp_path: Path) -> None:
     (tmp_path / "app.py").write_text(readme_file("app.py"))
     port = free_port()
@@ -82,13 +74,13 @@ def test_the_host_app_example(tmp_path: Path) -> None:
         patched = alice.patch(location, data=b"hello", timeout=10, headers={
             **TUS, "Upload-Offset": "0", "Content-Type": OFFSET_STREAM})
         assert patched.status_code == 204
-        upload_id = location.rsplit("/", 1)[1]
-        assert wait_until(lambda: f"finished {upload_id} hello.txt" in log.read_text(), 10), \
+        uid = upload_id(location)
+        assert wait_until(lambda: f"finished {uid} hello.txt" in log.read_text(), 10), \
             log.read_text()
         # The data dir the config names, relative to where the app runs.
-        assert (tmp_path / "uploads" / "uploads" / upload_id).read_bytes() == b"hello"
+        assert (tmp_path / "uploads" / "uploads" / uid).read_bytes() == b"hello"
     finally:
-        _stop(process)
+        stop_group(process, 15)
 
 
 def test_the_receiver_and_python_hooks_examples(tmp_path: Path) -> None:
@@ -118,14 +110,14 @@ def test_the_receiver_and_python_hooks_examples(tmp_path: Path) -> None:
         created = requests.post(endpoint, data=b"abc", timeout=10, headers={
             **TUS, "Upload-Length": "3", "Content-Type": OFFSET_STREAM})
         assert created.status_code == 201
-        upload_id = created.headers["Location"].rsplit("/", 1)[1]
+        uid = upload_id(created.headers["Location"])
         head = requests.head(created.headers["Location"], headers=TUS, timeout=10)
         assert head.headers["Upload-Metadata"] == "checked eWVz"
-        assert wait_until(lambda: f"finished {upload_id} 3" in
+        assert wait_until(lambda: f"finished {uid} 3" in
                           (tmp_path / "receiver.log").read_text(), 10)
-        assert wait_until(lambda: f"finished {upload_id}" in
+        assert wait_until(lambda: f"finished {uid}" in
                           (tmp_path / "server.log").read_text(), 10)
         time.sleep(0.2)
     finally:
-        _stop(server)
-        _stop(receiver)
+        stop_group(server, 15)
+        stop_group(receiver, 15)

@@ -14,6 +14,7 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,19 +29,23 @@ from resumable.redis_url import parse_redis_url, redacted
 from resumable.registry import RegistryUnavailable
 from resumable.registry.redis import RedisRegistry, connect
 
-from ..faults.process_tools import Blob, Resumer, Tally, random_buffer
 from ..support import (
+    OFFSET_STREAM,
     TUS,
+    MiB,
+    Pattern,
     RedisCluster,
     RedisSentinel,
     RedisServer,
     Server,
     TusClient,
+    assert_no_traceback,
     pattern_bytes,
+    request_head,
+    upload_id,
     wait_until,
 )
-
-MiB = 1024 * 1024
+from ..support.resumer import Resumer, Tally
 
 
 @pytest.mark.parametrize(
@@ -103,13 +108,12 @@ def test_a_cluster_that_comes_late_is_used_once_it_is_up(tmp_path: Path) -> None
         patched = requests.patch(
             url,
             data=b"hello",
-            headers={**TUS, "Upload-Offset": "0",
-                     "Content-Type": "application/offset+octet-stream"},
+            headers={**TUS, "Upload-Offset": "0", "Content-Type": OFFSET_STREAM},
             timeout=30,
         )
         assert patched.status_code == 204, patched.text
         assert requests.get(url, timeout=30).content == b"hello"
-        assert "Traceback" not in server.log()
+        assert_no_traceback(server)
     finally:
         server.stop()
         cluster.stop()
@@ -166,8 +170,7 @@ def test_uploads_running_across_a_sentinel_failover_finish_byte_exact(tmp_path: 
     server = Server(tmp_path / "data", redis_url=sentinel.url, workers=2, lock_ttl=4).start()
     tally = Tally("sentinel failover")
     tally.allowed_5xx = frozenset({503})
-    buffer = random_buffer(7, SENTINEL_SIZE + MiB)
-    blobs = [Blob(f"upload {i}", buffer[i * 4096 : i * 4096 + SENTINEL_SIZE])
+    blobs = [Pattern(SENTINEL_SIZE, seed=7, offset=i * 4096, name=f"upload {i}")
              for i in range(SENTINEL_UPLOADS)]
     streaming = threading.Event()
 
@@ -193,10 +196,25 @@ def test_uploads_running_across_a_sentinel_failover_finish_byte_exact(tmp_path: 
         assert sentinel.master_port() not in (None, old_master)
         tally.assert_clean()
         assert tally.verified == SENTINEL_UPLOADS
-        assert wait_until(lambda: "Traceback" not in server.log(), 1)
+        assert_no_traceback(server)
     finally:
         server.stop()
         sentinel.stop()
+
+
+@contextlib.contextmanager
+def on_private_redis(
+    tmp_path: Path, workers: int, **settings: object
+) -> Iterator[tuple[RedisServer, Server, TusClient]]:
+    """A server on a redis-server of the test's own, which the test may stop and restart."""
+    redis_server = RedisServer(tmp_path / "redis").start()
+    server = Server(tmp_path / "data", redis_url=redis_server.url, workers=workers, **settings)
+    try:
+        server.start()
+        yield redis_server, server, TusClient(server.endpoint)
+    finally:
+        server.stop()
+        redis_server.stop()
 
 
 @pytest.mark.parametrize("store", ["file", "s3"])
@@ -207,21 +225,16 @@ def test_redis_back_from_an_older_snapshot_gives_no_acknowledged_offset_back(
     a replica that missed it looks): the record says 4 MiB where 9 MiB were
     acknowledged. The first read on the new server checks the store's durable
     record and moves the offset up; the upload finishes byte-exact."""
-    redis_server = RedisServer(tmp_path / "redis").start()
     settings = request.getfixturevalue("s3").settings() if store == "s3" else {}
-    server = Server(tmp_path / "data", redis_url=redis_server.url, workers=2, **settings)
-    server.start()
-    try:
-        tus = TusClient(server.endpoint)
+    with on_private_redis(tmp_path, 2, **settings) as (redis_server, server, tus):
         data = pattern_bytes(12 * MiB, seed=21)
         url = tus.new_upload(len(data))
-        upload_id = url.rsplit("/", 1)[1]
         assert tus.patch(url, 0, data[: 4 * MiB]).status_code == 204
         assert redis_server.ask(b"SAVE").startswith(b"+OK")
         assert tus.patch(url, 4 * MiB, data[4 * MiB : 9 * MiB]).status_code == 204
         redis_server.stop()  # SIGKILL: the snapshot is what comes back
         redis_server.start()
-        key = f"{server.redis_prefix}upload:{{{upload_id}}}"
+        key = f"{server.redis_prefix}upload:{{{upload_id(url)}}}"
         raw = redis.Redis.from_url(redis_server.url)
         assert int(raw.hget(key, "offset")) == 4 * MiB  # Redis really went back
 
@@ -230,10 +243,7 @@ def test_redis_back_from_an_older_snapshot_gives_no_acknowledged_offset_back(
         assert raw.hget(key, "server") == raw.info("server")["run_id"].encode()
         assert tus.patch(url, 9 * MiB, data[9 * MiB :]).status_code == 204
         assert tus.get(url).content == data
-        assert "Traceback" not in server.log()
-    finally:
-        server.stop()
-        redis_server.stop()
+        assert_no_traceback(server)
 
 
 def test_a_sidecar_ahead_of_redis_is_never_cut_behind_it(tmp_path: Path) -> None:
@@ -241,19 +251,15 @@ def test_a_sidecar_ahead_of_redis_is_never_cut_behind_it(tmp_path: Path) -> None
     with its bytes in the file. A PATCH from Redis's older offset must not cut those
     bytes: were they cut and the request ended before its commit, a Redis rebuilt from
     the sidecar would later send the client on past bytes the file no longer holds."""
-    redis_server = RedisServer(tmp_path / "redis").start()
-    server = Server(tmp_path / "data", redis_url=redis_server.url, workers=1).start()
-    try:
-        tus = TusClient(server.endpoint)
+    with on_private_redis(tmp_path, 1) as (redis_server, server, tus):
         data = pattern_bytes(8 * MiB, seed=33)
         url = tus.new_upload(len(data))
-        upload_id = url.rsplit("/", 1)[1]
         assert tus.patch(url, 0, data[: 4 * MiB]).status_code == 204
         # The crash's leftovers: 1 MiB more in the file, and a sidecar saying so.
         store = FileStore(tmp_path / "data")
-        with open(store.data_path(upload_id), "ab") as file:
+        with open(store.data_path(upload_id(url)), "ab") as file:
             file.write(data[4 * MiB : 5 * MiB])
-        record = store.read_record(upload_id)
+        record = store.read_record(upload_id(url))
         assert record is not None and record.offset == 4 * MiB
         record.offset = 5 * MiB
         store.write_record(record)
@@ -261,22 +267,17 @@ def test_a_sidecar_ahead_of_redis_is_never_cut_behind_it(tmp_path: Path) -> None
 
         # A PATCH from that offset whose client goes away before sending its body.
         with socket.create_connection(("127.0.0.1", server.port)) as sock:
-            sock.sendall(
-                f"PATCH /files/{upload_id} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
-                f"Upload-Offset: {4 * MiB}\r\nContent-Type: application/offset+octet-stream\r\n"
-                f"Content-Length: {MiB}\r\n\r\n".encode()
-            )
+            sock.sendall(request_head(server, "PATCH", url, {
+                **TUS, "Upload-Offset": str(4 * MiB), "Content-Type": OFFSET_STREAM,
+                "Content-Length": str(MiB)}))
             sock.settimeout(5)
             with contextlib.suppress(OSError):
                 sock.recv(4096)
         time.sleep(0.5)
-        assert store.data_path(upload_id).stat().st_size == 5 * MiB  # nothing was cut
+        assert store.data_path(upload_id(url)).stat().st_size == 5 * MiB  # nothing was cut
 
         redis.Redis.from_url(redis_server.url).flushall()  # Redis loses everything
         offset = tus.offset(url)
         assert offset == 5 * MiB
         assert tus.patch(url, offset, data[offset:]).status_code == 204
         assert tus.get(url).content == data
-    finally:
-        server.stop()
-        redis_server.stop()

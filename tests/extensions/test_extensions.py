@@ -20,29 +20,46 @@ Servers, one set per backend:
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
 import socket
 import subprocess
 import sys
 import time
-import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
-from urllib.parse import urlsplit
 
 import pytest
 import requests
 
-from ..support import OFFSET_STREAM, Server, TusClient, iter_chunks, pattern_bytes, wait_until
+from ..support import (
+    OFFSET_STREAM,
+    TUS,
+    MiB,
+    Server,
+    TusClient,
+    assert_content,
+    assert_state,
+    b64,
+    checksum_header,
+    download_sha256,
+    guarded,
+    iter_chunks,
+    make_upload,
+    offered_extensions,
+    path_of,
+    pattern_bytes,
+    request_head,
+    upload_count,
+    upload_id,
+    wait_until,
+)
 
 #: The registries and stores the extension tests run on: uploads kept in S3 too. (The
 #: registry contract and the protocol tests prove a Redis Cluster's hash slots.)
 BACKENDS = ("embedded", "redis", "redis-s3", "proxied-redis-s3", "hosted-redis")
 
-MiB = 1024 * 1024
 MAX_SIZE = 1000
 EXPIRY = 2
 ALGORITHMS = ("sha1", "md5", "sha256", "sha512", "crc32")
@@ -72,50 +89,24 @@ def collector_server(backend: str, start_server) -> Server:
     return start_server(backend, max_size=MAX_SIZE, expiry=EXPIRY, gc_interval=1)
 
 
-def _fail_on_server_error(response: requests.Response, *args, **kwargs) -> None:
-    """Response hook: any 5xx fails the test that received it."""
-    if response.status_code >= 500:
-        request = response.request
-        pytest.fail(
-            f"server error {response.status_code} for {request.method} {request.url} "
-            f"(request headers {dict(request.headers)}): {response.text[:500]!r}"
-        )
-
-
-def guarded(endpoint: str) -> TusClient:
-    """A client whose every 5xx answer fails the test."""
-    client = TusClient(endpoint)
-    client.session.hooks["response"].append(_fail_on_server_error)
-    return client
-
-
-def _client_checking_log(server: Server) -> Iterator[TusClient]:
-    client = guarded(server.endpoint)
-    log_start = len(server.log())
-    yield client
-    client.session.close()
-    new_log = server.log()[log_start:]
-    assert "Traceback" not in new_log, f"server logged an exception:\n{new_log}"
+@pytest.fixture
+def big(server: Server, guarded_client: Callable[[Server], TusClient]) -> TusClient:
+    return guarded_client(server)
 
 
 @pytest.fixture
-def big(server: Server) -> Iterator[TusClient]:
-    yield from _client_checking_log(server)
+def table(table_server: Server, guarded_client: Callable[[Server], TusClient]) -> TusClient:
+    return guarded_client(table_server)
 
 
 @pytest.fixture
-def table(table_server: Server) -> Iterator[TusClient]:
-    yield from _client_checking_log(table_server)
+def exp(expiry_server: Server, guarded_client: Callable[[Server], TusClient]) -> TusClient:
+    return guarded_client(expiry_server)
 
 
 @pytest.fixture
-def exp(expiry_server: Server) -> Iterator[TusClient]:
-    yield from _client_checking_log(expiry_server)
-
-
-@pytest.fixture
-def collector(collector_server: Server) -> Iterator[TusClient]:
-    yield from _client_checking_log(collector_server)
+def collector(collector_server: Server, guarded_client: Callable[[Server], TusClient]) -> TusClient:
+    return guarded_client(collector_server)
 
 
 # --------------------------------------------------------------------------
@@ -123,38 +114,11 @@ def collector(collector_server: Server) -> Iterator[TusClient]:
 # --------------------------------------------------------------------------
 
 
-def upload_id(url: str) -> str:
-    return urlsplit(url).path.rsplit("/", 1)[1]
-
-
-def relative(url: str) -> str:
-    """``/files/<id>``: the URL without scheme and host."""
-    return urlsplit(url).path
-
-
 def stored(server: Server, url: str) -> bool:
     """Whether the store still holds the upload: its record and its bytes."""
     names = server.stored_names(upload_id(url))
     return any(n.endswith((".json", ".info")) for n in names) and server.stored_bytes(
         upload_id(url)) is not None
-
-
-def upload_count(server: Server) -> int:
-    return len(server.upload_ids())
-
-
-def make_upload(
-    tus: TusClient, length: int | None, data: bytes = b"", headers: dict[str, str] | None = None
-) -> str:
-    extra = dict(headers or {})
-    if length is None:
-        extra["Upload-Defer-Length"] = "1"
-    url = tus.new_upload(length, headers=extra)
-    if data:
-        response = tus.patch(url, 0, data)
-        assert response.status_code == 204, (response.status_code, response.text)
-        assert response.headers["Upload-Offset"] == str(len(data))
-    return url
 
 
 def make_partial(tus: TusClient, length: int, data: bytes = b"") -> str:
@@ -172,51 +136,10 @@ def head_ok(tus: TusClient, url: str) -> requests.Response:
     return response
 
 
-def assert_state(tus: TusClient, url: str, offset: int, length: int | None) -> requests.Response:
-    response = head_ok(tus, url)
-    assert response.headers.get("Upload-Offset") == str(offset), dict(response.headers)
-    if length is None:
-        assert response.headers.get("Upload-Defer-Length") == "1", dict(response.headers)
-        assert "Upload-Length" not in response.headers
-    else:
-        assert response.headers.get("Upload-Length") == str(length), dict(response.headers)
-        assert "Upload-Defer-Length" not in response.headers
-    return response
-
-
-def assert_content(tus: TusClient, url: str, expected: bytes) -> None:
-    response = tus.get(url)
-    assert response.status_code == 200, (response.status_code, response.text)
-    assert response.content == expected
-
-
-def sha256_of_download(tus: TusClient, url: str) -> tuple[str, int]:
-    response = tus.get(url, stream=True)
-    assert response.status_code == 200, (response.status_code, response.text)
-    digest = hashlib.sha256()
-    size = 0
-    for chunk in response.iter_content(MiB):
-        digest.update(chunk)
-        size += len(chunk)
-    return digest.hexdigest(), size
-
-
 def assert_gone(response: requests.Response, status: int) -> None:
     assert response.status_code == status, (response.status_code, response.text)
     assert response.headers.get("Tus-Resumable") == "1.0.0"
     assert "Upload-Offset" not in response.headers
-
-
-def checksum_header(algorithm: str, data: bytes) -> str:
-    if algorithm == "crc32":
-        raw = zlib.crc32(data).to_bytes(4, "big")
-    else:
-        raw = hashlib.new(algorithm, data).digest()
-    return f"{algorithm} {base64.b64encode(raw).decode()}"
-
-
-def extensions(response: requests.Response) -> set[str]:
-    return {e.strip() for e in response.headers.get("Tus-Extension", "").split(",") if e.strip()}
 
 
 def run_gc(server: Server) -> str:
@@ -291,7 +214,7 @@ def test_row29_patch_expired_upload(exp: TusClient, expiry_server: Server) -> No
 def test_options_advertise_expiration(exp: TusClient) -> None:
     response = exp.options()
     assert response.status_code in (200, 204)
-    assert "expiration" in extensions(response)
+    assert "expiration" in offered_extensions(response)
 
 
 def test_expired_unfinished_collected_finished_kept(exp: TusClient, expiry_server: Server) -> None:
@@ -385,7 +308,7 @@ def test_checksum_64mib_wrong_then_right(big: TusClient) -> None:
     url = make_upload(big, len(head_bytes) + len(body), head_bytes)
     wrong = hashlib.sha256(memoryview(body)[:-1])
     wrong.update(bytes([body[-1] ^ 1]))
-    wrong_header = "sha256 " + base64.b64encode(wrong.digest()).decode()
+    wrong_header = "sha256 " + b64(wrong.digest())
 
     start = time.monotonic()
     response = big.patch(url, 1024, body, {"Upload-Checksum": wrong_header})
@@ -400,7 +323,7 @@ def test_checksum_64mib_wrong_then_right(big: TusClient) -> None:
     assert response.status_code == 204, (response.status_code, response.text)
     assert response.headers["Upload-Offset"] == str(1024 + len(body))
     print(f"64 MiB checksummed PATCH: 460 in {took:.2f} s, 204 in {took_right:.2f} s")
-    digest, size = sha256_of_download(big, url)
+    digest, size = download_sha256(big, url)
     assert size == 1024 + len(body)
     assert digest == hashlib.sha256(head_bytes + body).hexdigest()
 
@@ -430,19 +353,11 @@ def test_checksum_interrupted_body_keeps_offset(big: TusClient, server: Server) 
     first = pattern_bytes(1024, seed=11)
     body = pattern_bytes(2 * MiB, seed=12)
     url = make_upload(big, len(first) + len(body), first)
-    path = relative(url)
-    request = (
-        f"PATCH {path} HTTP/1.1\r\n"
-        f"Host: 127.0.0.1:{server.port}\r\n"
-        "Tus-Resumable: 1.0.0\r\n"
-        f"Content-Type: {OFFSET_STREAM}\r\n"
-        "Upload-Offset: 1024\r\n"
-        f"Upload-Checksum: {checksum_header('sha256', body)}\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        "\r\n"
-    ).encode()
+    headers = {**TUS, "Content-Type": OFFSET_STREAM, "Upload-Offset": "1024",
+               "Upload-Checksum": checksum_header("sha256", body),
+               "Content-Length": str(len(body))}
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(request + body[: len(body) // 2])
+        sock.sendall(request_head(server, "PATCH", url, headers) + body[: len(body) // 2])
         time.sleep(0.5)  # let the server read the half it got
     deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline:
@@ -544,7 +459,7 @@ def test_row53_create_final(table: TusClient) -> None:
     """Row 53: POST final;/files/P1 /files/P2 → 201 with Location; content 'hello world'."""
     p1 = make_partial(table, 5, b"hello")
     p2 = make_partial(table, 6, b" world")
-    response = post_final(table, [relative(p1), relative(p2)])
+    response = post_final(table, [path_of(p1), path_of(p2)])
     assert response.status_code == 201, (response.status_code, response.text)
     assert response.headers.get("Tus-Resumable") == "1.0.0"
     final = response.headers["Location"]
@@ -556,7 +471,7 @@ def test_row54_head_final(table: TusClient) -> None:
     """Row 54: HEAD F → 200, Upload-Concat as sent, Upload-Length 11, Upload-Offset 11."""
     p1 = make_partial(table, 5, b"hello")
     p2 = make_partial(table, 6, b" world")
-    concat = f"final;{relative(p1)} {relative(p2)}"
+    concat = f"final;{path_of(p1)} {path_of(p2)}"
     final = table.new_upload(None, headers={"Upload-Concat": concat})
     head = assert_state(table, final, 11, 11)
     assert head.headers.get("Upload-Concat") == concat
@@ -566,7 +481,7 @@ def test_row55_patch_final_forbidden(table: TusClient) -> None:
     """Row 55: PATCH F (CT, offset 11) → 403; neither F nor its partials change."""
     p1 = make_partial(table, 5, b"hello")
     p2 = make_partial(table, 6, b" world")
-    final = post_final(table, [relative(p1), relative(p2)]).headers["Location"]
+    final = post_final(table, [path_of(p1), path_of(p2)]).headers["Location"]
     before = {url: dict(head_ok(table, url).headers) for url in (final, p1, p2)}
     for offset, body in ((11, b""), (11, b"!"), (0, b"HELLO")):
         response = table.patch(final, offset, body)
@@ -583,7 +498,7 @@ def test_row56_concatenation_unfinished_offered(table: TusClient) -> None:
     """Row 56 does not apply: OPTIONS offers concatenation and concatenation-unfinished."""
     response = table.options()
     assert response.status_code in (200, 204)
-    assert {"concatenation", "concatenation-unfinished"} <= extensions(response)
+    assert {"concatenation", "concatenation-unfinished"} <= offered_extensions(response)
 
 
 def test_row57_final_with_unfinished_partial(table: TusClient) -> None:
@@ -591,7 +506,7 @@ def test_row57_final_with_unfinished_partial(table: TusClient) -> None:
     p1 = make_partial(table, 5, b"hello")
     p3_data = b"0123456789"
     p3 = make_partial(table, 10, p3_data[:3])
-    concat = f"final;{relative(p1)} {relative(p3)}"
+    concat = f"final;{path_of(p1)} {path_of(p3)}"
     response = table.create(headers={"Upload-Concat": concat})
     assert response.status_code == 201, (response.status_code, response.text)
     final = response.headers["Location"]
@@ -608,7 +523,7 @@ def test_row57_final_with_unfinished_partial(table: TusClient) -> None:
 def test_row58_final_with_unknown_partial(table: TusClient, table_server: Server) -> None:
     """Row 58: POST final;/files/N → 404, nothing created."""
     before = upload_count(table_server)
-    missing = relative(table.endpoint) + "0" * 32
+    missing = path_of(table.endpoint) + "0" * 32
     response = post_final(table, [missing])
     assert response.status_code == 404, (response.status_code, response.text)
     assert "Location" not in response.headers
@@ -620,7 +535,7 @@ def test_row59_final_with_non_partial(table: TusClient, table_server: Server) ->
     u1 = make_upload(table, 100, b"u" * 70)
     p1 = make_partial(table, 5, b"hello")
     before = upload_count(table_server)
-    for urls in ([relative(u1)], [relative(p1), relative(u1)]):
+    for urls in ([path_of(u1)], [path_of(p1), path_of(u1)]):
         response = post_final(table, urls)
         assert response.status_code == 400, (urls, response.status_code, response.text)
     assert upload_count(table_server) == before
@@ -641,7 +556,7 @@ def test_row61_final_with_upload_length(table: TusClient, table_server: Server) 
     p1 = make_partial(table, 5, b"hello")
     p2 = make_partial(table, 6, b" world")
     before = upload_count(table_server)
-    response = post_final(table, [relative(p1), relative(p2)], **{"Upload-Length": "11"})
+    response = post_final(table, [path_of(p1), path_of(p2)], **{"Upload-Length": "11"})
     assert response.status_code == 400, (response.status_code, response.text)
     assert upload_count(table_server) == before
 
@@ -652,7 +567,7 @@ def test_row62_final_with_body(table: TusClient, table_server: Server) -> None:
     p2 = make_partial(table, 6, b" world")
     before = upload_count(table_server)
     response = table.create(
-        headers={"Upload-Concat": f"final;{relative(p1)} {relative(p2)}"}, data=b"hello world"
+        headers={"Upload-Concat": f"final;{path_of(p1)} {path_of(p2)}"}, data=b"hello world"
     )
     assert response.status_code == 403, (response.status_code, response.text)
     assert upload_count(table_server) == before
@@ -668,12 +583,12 @@ def test_row63_final_repeats_partial(table: TusClient, table_server: Server) -> 
     """
     p1 = make_partial(table, 5, b"hello")
     before = upload_count(table_server)
-    response = post_final(table, [relative(p1), relative(p1)])
+    response = post_final(table, [path_of(p1), path_of(p1)])
     assert response.status_code == 400, (response.status_code, response.text)
     assert "more than once" in response.text
     assert upload_count(table_server) == before
     for _ in range(2):
-        reused = post_final(table, [relative(p1)])
+        reused = post_final(table, [path_of(p1)])
         assert reused.status_code == 201, (reused.status_code, reused.text)
         assert_content(table, reused.headers["Location"], b"hello")
 
@@ -683,13 +598,13 @@ def test_row64_final_above_max_size(table: TusClient, table_server: Server) -> N
     a = make_partial(table, 600, pattern_bytes(600, seed=1))
     b = make_partial(table, 500, pattern_bytes(500, seed=2))
     before = upload_count(table_server)
-    response = post_final(table, [relative(a), relative(b)])
+    response = post_final(table, [path_of(a), path_of(b)])
     assert response.status_code == 413, (response.status_code, response.text)
     assert "Location" not in response.headers
     assert upload_count(table_server) == before
     # Sum of exactly 1000 is fine.
     c = make_partial(table, 400, pattern_bytes(400, seed=3))
-    assert post_final(table, [relative(a), relative(c)]).status_code == 201
+    assert post_final(table, [path_of(a), path_of(c)]).status_code == 201
 
 
 # --------------------------------------------------------------------------
@@ -700,9 +615,9 @@ def test_row64_final_above_max_size(table: TusClient, table_server: Server) -> N
 PART_SIZES = [m * MiB + 4099 * i for i, m in enumerate((3, 9, 1, 6, 2, 8, 5, 4))]
 
 
-def upload_part(endpoint: str, url: str, data: bytes, start: int = 0) -> float:
+def upload_part(server: Server, url: str, data: bytes, start: int = 0) -> float:
     """PATCH ``data[start:]`` in 4 MiB requests from a thread's own client."""
-    client = guarded(endpoint)
+    client = guarded(server)
     began = time.monotonic()
     offset = start
     for chunk in iter_chunks(data[start:], 4 * MiB):
@@ -720,7 +635,7 @@ def test_concat_eight_parallel_partials(big: TusClient, server: Server) -> None:
     total = sum(PART_SIZES)
     start = time.monotonic()
     with ThreadPoolExecutor(8) as pool:
-        times = list(pool.map(upload_part, [server.endpoint] * 8, urls, parts))
+        times = list(pool.map(upload_part, [server] * 8, urls, parts))
     upload_time = time.monotonic() - start
     for url, data in zip(urls, parts, strict=True):
         assert_state(big, url, len(data), len(data))
@@ -739,7 +654,7 @@ def test_concat_eight_parallel_partials(big: TusClient, server: Server) -> None:
     head = assert_state(big, final, total, total)
     assert head.headers.get("Upload-Concat") == concat
     expected = hashlib.sha256(b"".join(parts)).hexdigest()
-    assert sha256_of_download(big, final) == (expected, total)
+    assert download_sha256(big, final) == (expected, total)
 
 
 def test_concat_final_before_partials_finish(big: TusClient, server: Server) -> None:
@@ -750,7 +665,7 @@ def test_concat_final_before_partials_finish(big: TusClient, server: Server) -> 
         make_partial(big, len(data), data[:half]) for data, half in zip(parts, halves, strict=True)
     ]
     total = sum(len(data) for data in parts)
-    concat = "final;" + " ".join(relative(url) if i % 2 else url for i, url in enumerate(urls))
+    concat = "final;" + " ".join(path_of(url) if i % 2 else url for i, url in enumerate(urls))
     response = big.create(headers={"Upload-Concat": concat})
     assert response.status_code == 201, (response.status_code, response.text)
     final = response.headers["Location"]
@@ -760,7 +675,7 @@ def test_concat_final_before_partials_finish(big: TusClient, server: Server) -> 
     assert head.headers.get("Upload-Length") == str(total)
 
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(upload_part, [server.endpoint] * 8, urls, parts, halves))
+        list(pool.map(upload_part, [server] * 8, urls, parts, halves))
     finished = time.monotonic()
 
     def complete() -> bool:
@@ -777,7 +692,7 @@ def test_concat_final_before_partials_finish(big: TusClient, server: Server) -> 
     head = assert_state(big, final, total, total)
     assert head.headers.get("Upload-Concat") == concat
     expected = hashlib.sha256(b"".join(parts)).hexdigest()
-    assert sha256_of_download(big, final) == (expected, total)
+    assert download_sha256(big, final) == (expected, total)
 
 
 def test_concat_partials_reused_in_two_finals(big: TusClient) -> None:
@@ -785,7 +700,7 @@ def test_concat_partials_reused_in_two_finals(big: TusClient) -> None:
     a = make_partial(big, 5, b"hello")
     b = make_partial(big, 6, b" world")
     first = post_final(big, [a, b])
-    second = post_final(big, [relative(b), relative(a)])
+    second = post_final(big, [path_of(b), path_of(a)])
     assert first.status_code == 201, (first.status_code, first.text)
     assert second.status_code == 201, (second.status_code, second.text)
     assert_state(big, first.headers["Location"], 11, 11)
@@ -802,9 +717,9 @@ def test_concat_relative_and_absolute_urls(big: TusClient, style: str) -> None:
     a = make_partial(big, 5, b"hello")
     b = make_partial(big, 6, b" world")
     urls = {
-        "relative": [relative(a), relative(b)],
+        "relative": [path_of(a), path_of(b)],
         "absolute": [a, b],
-        "mixed": [relative(a), b],
+        "mixed": [path_of(a), b],
     }[style]
     assert urls[1].startswith("http://") == (style != "relative")
     response = post_final(big, urls)
@@ -852,7 +767,7 @@ def test_concat_delete_partial_after_join(big: TusClient) -> None:
         assert big.head(part).status_code in (404, 410)
     assert_state(big, final, len(a_data) + len(b_data), len(a_data) + len(b_data))
     expected = hashlib.sha256(a_data + b_data).hexdigest()
-    assert sha256_of_download(big, final) == (expected, len(a_data) + len(b_data))
+    assert download_sha256(big, final) == (expected, len(a_data) + len(b_data))
 
 
 def test_concat_final_metadata_not_inherited(big: TusClient) -> None:
@@ -881,7 +796,7 @@ def test_concat_with_deferred_length_partial(table: TusClient) -> None:
     """A final over a deferred-length partial: no Upload-Offset/-Length until it is known."""
     a = make_partial(table, 5, b"hello")
     b = make_upload(table, None, b" wo", headers={"Upload-Concat": "partial"})
-    response = post_final(table, [relative(a), relative(b)])
+    response = post_final(table, [path_of(a), path_of(b)])
     assert response.status_code == 201, (response.status_code, response.text)
     final = response.headers["Location"]
     head = head_ok(table, final)
@@ -899,7 +814,7 @@ def test_concat_with_deferred_length_partial(table: TusClient) -> None:
 @pytest.mark.parametrize("backend", ["embedded", "redis"], scope="module")
 def test_concat_max_parts(big: TusClient, server: Server) -> None:
     """max_concat_parts (default 1000): 1000 listed parts join, 1001 are refused."""
-    parts = [relative(make_partial(big, 4, b"%04d" % i)) for i in range(1001)]
+    parts = [path_of(make_partial(big, 4, b"%04d" % i)) for i in range(1001)]
     before = upload_count(server)
     response = post_final(big, parts)
     assert response.status_code == 400, (response.status_code, response.text)

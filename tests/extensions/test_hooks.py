@@ -1,6 +1,6 @@
 """Lifecycle hooks against real servers: tusd-format HTTP receivers and Python receivers.
 
-The HTTP receiver is a real local server (tests/support.py HookReceiver)
+The HTTP receiver is a real local server (tests/support/hooks.py HookReceiver)
 answering as a receiver written for tusd would; the Python receivers are
 tests/apps/hooks.py, loaded by ``--hooks``. Delivery across killed workers
 is in tests/faults/test_hook_delivery.py.
@@ -26,16 +26,14 @@ from ..support import (
     SizedBody,
     TusClient,
     decode_metadata,
+    encode_metadata,
     pattern_bytes,
+    upload_id,
     wait_until,
 )
 
 BACKENDS = ("embedded", "redis")
 PROGRESS_INTERVAL = 0.5
-
-
-def _meta(**values: str) -> str:
-    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in values.items())
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +64,6 @@ def hooked(hooked_server: Server, receiver: HookReceiver) -> Server:
     return hooked_server
 
 
-def _upload_id(url: str) -> str:
-    return url.rsplit("/", 1)[1]
-
-
 def test_a_pre_create_refusal_reaches_the_client_unchanged(
     hooked: Server, receiver: HookReceiver
 ) -> None:
@@ -81,7 +75,8 @@ def test_a_pre_create_refusal_reaches_the_client_unchanged(
 
     receiver.answer = answer
     before = set(hooked.upload_ids())
-    response = TusClient(hooked.endpoint).create(5, headers={"Upload-Metadata": _meta(a="b")})
+    metadata = {"Upload-Metadata": encode_metadata(a="b")}
+    response = TusClient(hooked.endpoint).create(5, headers=metadata)
     assert (response.status_code, response.text) == (418, "we only take tea\n")
     assert response.headers["X-Why"] == "policy"
     assert "Location" not in response.headers
@@ -98,11 +93,11 @@ def test_changed_metadata_shows_in_head(hooked: Server, receiver: HookReceiver) 
         if payload["Type"] == "pre-create" else {}
     )
     tus = TusClient(hooked.endpoint)
-    url = tus.new_upload(3, headers={"Upload-Metadata": _meta(filename="orig.bin")})
+    url = tus.new_upload(3, headers={"Upload-Metadata": encode_metadata(filename="orig.bin")})
     metadata = decode_metadata(tus.head(url).headers["Upload-Metadata"])
     assert metadata == {"filename": "renamed.bin", "owner": "alice"}
-    assert wait_until(lambda: receiver.events("post-create", _upload_id(url)), 5)
-    [created] = receiver.events("post-create", _upload_id(url))
+    assert wait_until(lambda: receiver.events("post-create", upload_id(url)), 5)
+    [created] = receiver.events("post-create", upload_id(url))
     assert created["payload"]["Event"]["Upload"]["MetaData"]["filename"] == "renamed.bin"
 
 
@@ -118,9 +113,9 @@ def test_a_vetoed_delete_leaves_the_upload(hooked: Server, receiver: HookReceive
     receiver.answer = lambda payload: {}
     assert tus.delete(url).status_code == 204
     assert tus.head(url).status_code == 404
-    assert wait_until(lambda: receiver.events("post-terminate", _upload_id(url)), 5)
-    [done] = receiver.events("post-terminate", _upload_id(url))
-    assert done["headers"]["Idempotency-Key"] == f"{_upload_id(url)}.post-terminate"
+    assert wait_until(lambda: receiver.events("post-terminate", upload_id(url)), 5)
+    [done] = receiver.events("post-terminate", upload_id(url))
+    assert done["headers"]["Idempotency-Key"] == f"{upload_id(url)}.post-terminate"
 
 
 def _slow_body(data: bytes, pieces: int, pause: float):
@@ -139,21 +134,21 @@ def test_post_receive_comes_at_the_configured_interval(
     url = tus.new_upload(len(data))
     response = tus.patch(url, 0, SizedBody(_slow_body(data, 20, 0.15), len(data)))
     assert response.status_code == 204
-    upload_id = _upload_id(url)
-    progress = receiver.events("post-receive", upload_id)
+    uid = upload_id(url)
+    progress = receiver.events("post-receive", uid)
     # About 3 s of body at one event per half second: some, never closer than the interval.
     assert 3 <= len(progress) <= 8, [e["payload"]["Event"]["Upload"]["Offset"] for e in progress]
     gaps = [b["at"] - a["at"] for a, b in zip(progress, progress[1:], strict=False)]
     assert min(gaps) >= PROGRESS_INTERVAL * 0.8, gaps
     offsets = [e["payload"]["Event"]["Upload"]["Offset"] for e in progress]
     assert offsets == sorted(offsets) and 0 < offsets[-1] <= len(data)
-    assert wait_until(lambda: receiver.events("post-finish", upload_id), 5)
-    [finish] = receiver.events("post-finish", upload_id)
+    assert wait_until(lambda: receiver.events("post-finish", uid), 5)
+    [finish] = receiver.events("post-finish", uid)
     upload = finish["payload"]["Event"]["Upload"]
     assert (upload["Offset"], upload["Size"], upload["SizeIsDeferred"]) == (
         len(data), len(data), False)
-    assert finish["headers"]["Idempotency-Key"] == f"{upload_id}.post-finish"
-    assert finish["payload"]["EventID"] == f"{upload_id}.post-finish"
+    assert finish["headers"]["Idempotency-Key"] == f"{uid}.post-finish"
+    assert finish["payload"]["EventID"] == f"{uid}.post-finish"
 
 
 def test_a_stopped_upload_keeps_what_came(hooked: Server, receiver: HookReceiver) -> None:
@@ -182,7 +177,7 @@ def test_a_pre_finish_refusal_deletes_the_upload(hooked: Server, receiver: HookR
     assert (refused.status_code, refused.text) == (422, "not an image\n")
     assert tus.head(url).status_code == 404
     time.sleep(1)
-    assert receiver.events("post-finish", _upload_id(url)) == []
+    assert receiver.events("post-finish", upload_id(url)) == []
 
 
 def test_a_receiver_that_fails_refuses_pre_hooks(hooked: Server, receiver: HookReceiver) -> None:
@@ -202,8 +197,8 @@ def test_creation_with_upload_and_empty_uploads_finish(
     whole = tus.new_upload(5, data=b"hello")
     empty = tus.new_upload(0)
     for url in (whole, empty):
-        assert wait_until(lambda u=url: receiver.events("post-finish", _upload_id(u)), 5)
-        assert len(receiver.events("pre-finish", _upload_id(url))) == 1
+        assert wait_until(lambda u=url: receiver.events("post-finish", upload_id(u)), 5)
+        assert len(receiver.events("pre-finish", upload_id(url))) == 1
 
 
 def test_an_unreachable_receiver_gets_post_finish_when_it_is_back(
@@ -225,7 +220,7 @@ def test_an_unreachable_receiver_gets_post_finish_when_it_is_back(
     port = int(url_of_receiver.split(":")[2].split("/")[0])
     back = _receiver_on(port)
     try:
-        assert wait_until(lambda: back.events("post-finish", _upload_id(url)), 20)
+        assert wait_until(lambda: back.events("post-finish", upload_id(url)), 20)
     finally:
         back.close()
 
@@ -245,7 +240,7 @@ def test_a_finished_upload_is_kept_while_its_post_finish_is_owed(start_server) -
     assert tus.get(url).content == b"abc"
     back = _receiver_on(port)
     try:
-        assert wait_until(lambda: back.events("post-finish", _upload_id(url)), 20)
+        assert wait_until(lambda: back.events("post-finish", upload_id(url)), 20)
         assert wait_until(lambda: tus.head(url).status_code in (404, 410), 10)
     finally:
         back.close()
@@ -286,29 +281,30 @@ def test_python_receivers(start_server, hook_log: Path) -> None:
     server = start_server("embedded", hooks="tests.apps.hooks:receivers",
                           progress_interval=PROGRESS_INTERVAL)
     tus = TusClient(server.endpoint)
-    refused = tus.create(3, headers={"Upload-Metadata": _meta(filename="setup.exe")})
+    refused = tus.create(3, headers={"Upload-Metadata": encode_metadata(filename="setup.exe")})
     assert (refused.status_code, refused.text) == (422, "no executables, please\n")
-    url = tus.new_upload(3, headers={"Upload-Metadata": _meta(filename="a", rename="b.txt")})
+    renamed = encode_metadata(filename="a", rename="b.txt")
+    url = tus.new_upload(3, headers={"Upload-Metadata": renamed})
     assert decode_metadata(tus.head(url).headers["Upload-Metadata"]) == {"filename": "b.txt"}
-    kept = tus.new_upload(2, headers={"Upload-Metadata": _meta(keep="")})
+    kept = tus.new_upload(2, headers={"Upload-Metadata": encode_metadata(keep="")})
     assert tus.delete(kept).status_code == 400
     assert tus.head(kept).status_code == 200
     assert tus.patch(url, 0, b"xyz").status_code == 204
-    upload_id = _upload_id(url)
+    uid = upload_id(url)
     assert wait_until(
-        lambda: any(e["type"] == "post-finish" and e["upload"]["id"] == upload_id
+        lambda: any(e["type"] == "post-finish" and e["upload"]["id"] == uid
                     for e in _logged(hook_log)), 5)
-    kinds = [e["type"] for e in _logged(hook_log) if e["upload"]["id"] == upload_id]
+    kinds = [e["type"] for e in _logged(hook_log) if e["upload"]["id"] == uid]
     assert kinds[:2] == ["pre-create", "post-create"] and "post-finish" in kinds
 
     data = pattern_bytes(20 * 32 * 1024)
     slow = tus.new_upload(len(data))
     assert tus.patch(slow, 0, SizedBody(_slow_body(data, 20, 0.15), len(data))).status_code == 204
     progress = [e for e in _logged(hook_log)
-                if e["type"] == "post-receive" and e["upload"]["id"] == _upload_id(slow)]
+                if e["type"] == "post-receive" and e["upload"]["id"] == upload_id(slow)]
     gaps = [b["at"] - a["at"] for a, b in zip(progress, progress[1:], strict=False)]
     assert len(progress) >= 3 and min(gaps) >= PROGRESS_INTERVAL * 0.8, gaps
-    stopped = tus.new_upload(len(data), headers={"Upload-Metadata": _meta(stop="yes")})
+    stopped = tus.new_upload(len(data), headers={"Upload-Metadata": encode_metadata(stop="yes")})
     answer = tus.patch(stopped, 0, SizedBody(_slow_body(data, 20, 0.15), len(data)))
     assert (answer.status_code, answer.text) == (409, "stopped by the app\n")
     assert 0 < tus.offset(stopped) < len(data)
@@ -382,17 +378,17 @@ def test_draft_uploads_reach_the_same_receivers(hooked: Server, receiver: HookRe
         "Content-Type": "text/plain", "Content-Disposition": 'attachment; filename="n.txt"'})
     assert response.status_code == 201
     url = response.headers["Location"]
-    upload_id = _upload_id(url)
+    uid = upload_id(url)
     done = requests.patch(url, data=b"draft bytes", timeout=10, headers={
         **draft, "Upload-Complete": "?1", "Upload-Offset": "0",
         "Content-Type": "application/partial-upload"})
     assert done.status_code == 204
-    assert wait_until(lambda: receiver.events("post-finish", upload_id), 5)
-    [finish] = receiver.events("post-finish", upload_id)
+    assert wait_until(lambda: receiver.events("post-finish", uid), 5)
+    [finish] = receiver.events("post-finish", uid)
     upload = finish["payload"]["Event"]["Upload"]
     assert upload["MetaData"] == {"filename": "n.txt", "filetype": "text/plain"}
     assert (upload["Size"], upload["Offset"]) == (11, 11)
-    assert receiver.events("pre-create", upload_id)
+    assert receiver.events("pre-create", uid)
 
 
 @pytest.mark.parametrize("refusal", ["pre-finish", "repr-digest"])
@@ -401,7 +397,6 @@ def test_a_refused_draft_finish_deletes_the_upload(
 ) -> None:
     """A draft upload's finish refused, by a pre-finish receiver or because the bytes do
     not match the creation's Repr-Digest: the upload is gone and post-finish never comes."""
-    import base64
     import hashlib
 
     import requests
@@ -426,4 +421,4 @@ def test_a_refused_draft_finish_deletes_the_upload(
     assert done.status_code == (422 if refusal == "pre-finish" else 400), done.text
     assert requests.head(url, headers=draft, timeout=10).status_code == 404
     time.sleep(1)
-    assert receiver.events("post-finish", _upload_id(url)) == []
+    assert receiver.events("post-finish", upload_id(url)) == []

@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from ..support import (
     ROOT,
     TUS,
     HostedApp,
+    RawPatch,
     Server,
     connection_owner,
     wait_until,
@@ -178,23 +178,21 @@ class SlowBody:
     """A PATCH whose body arrives in two halves, on a connection of its own."""
 
     def __init__(self, server: Server, path: str, offset: int, length: int):
-        self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
-        self.owner = connection_owner(server, self.sock)
-        head = [f"PATCH {path} HTTP/1.1", "Host: 127.0.0.1", "Tus-Resumable: 1.0.0",
-                f"Upload-Offset: {offset}", f"Content-Type: {OFFSET_STREAM}",
-                f"Content-Length: {length}"]
-        self.sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + b"x" * (length // 2))
+        self.raw = RawPatch(server, path, offset, length)
+        self.owner = connection_owner(server, self.raw.sock)
+        self.raw.begin(b"x" * (length // 2))
         self.rest = length - length // 2
 
     def finish(self) -> int:
         """The rest of the body; the answer's status."""
-        self.sock.sendall(b"x" * self.rest)
-        answer = self.sock.recv(65536).decode("latin-1")
-        self.sock.close()
-        return int(answer.split()[1])
+        self.raw.send(b"x" * self.rest)
+        answer = self.raw.response(30)
+        self.raw.close()
+        assert answer is not None, "no answer to the PATCH"
+        return answer.status
 
     def abandon(self) -> None:
-        self.sock.close()
+        self.raw.close()
 
 
 def new_upload(url: str, length: int) -> str:

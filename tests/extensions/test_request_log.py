@@ -11,7 +11,7 @@ import requests
 
 from resumable.request_log import format_line, request_id_for
 
-from ..support import OFFSET_STREAM, TUS, HostedApp, wait_until
+from ..support import OFFSET_STREAM, TUS, HostedApp, upload_id, wait_until
 
 UNKNOWN_ID = "0" * 32
 SECRETS = ("TOPSECRET-AUTH", "TOPSECRET-COOKIE", "TOPSECRET-QUERY", "SECRETBODY")
@@ -40,10 +40,6 @@ def only(lines: list[dict], request_id: str) -> dict:
     found = [line for line in lines if line["request_id"] == request_id]
     assert len(found) == 1, (request_id, lines)
     return found[0]
-
-
-def upload_id(location: str) -> str:
-    return location.rsplit("/", 1)[1]
 
 
 def test_text_lines_one_per_request(start_server) -> None:

@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
 import signal
 import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -29,57 +25,22 @@ from resumable.filestore import read_sidecar_file
 from ..support import (
     OFFSET_STREAM,
     TUS,
+    MiB,
+    Pattern,
+    RawPatch,
     Server,
     SizedBody,
     TusClient,
     connection_owner,
-    serving_workers,
+    data_file,
+    download_sha256,
+    sidecar_file,
 )
-
-MiB = 1 << 20
-
+from ..support.http import connect
 
 # --------------------------------------------------------------------------
-# Test data: deterministic, non-periodic, generated piece by piece
+# Sending a pattern, checking what came back
 # --------------------------------------------------------------------------
-
-
-class Pattern:
-    """Bytes of a virtual file: block ``k`` is seeded by ``(seed, k)``.
-
-    Any range can be regenerated (to resume from an offset the server
-    reports) without ever holding the whole file in memory.
-    """
-
-    BLOCK = MiB
-
-    def __init__(self, seed: int):
-        self.seed = seed
-        self._cached: tuple[int, bytes] | None = None
-
-    def _block(self, index: int) -> bytes:
-        if self._cached is None or self._cached[0] != index:
-            data = random.Random(f"{self.seed}:{index}").randbytes(self.BLOCK)
-            self._cached = (index, data)
-        return self._cached[1]
-
-    def pieces(self, start: int, end: int, piece: int = MiB) -> Iterator[bytes]:
-        """The bytes ``[start, end)`` in pieces of at most ``piece`` bytes."""
-        position = start
-        while position < end:
-            index, within = divmod(position, self.BLOCK)
-            size = min(piece, self.BLOCK - within, end - position)
-            yield self._block(index)[within : within + size]
-            position += size
-
-    def read(self, start: int, size: int) -> bytes:
-        return b"".join(self.pieces(start, start + size))
-
-    def sha256(self, end: int) -> str:
-        digest = hashlib.sha256()
-        for chunk in self.pieces(0, end):
-            digest.update(chunk)
-        return digest.hexdigest()
 
 
 def hashed(pieces: Iterator[bytes], digest) -> Iterator[bytes]:
@@ -87,22 +48,6 @@ def hashed(pieces: Iterator[bytes], digest) -> Iterator[bytes]:
     for piece in pieces:
         digest.update(piece)
         yield piece
-
-
-def download_sha256(tus: TusClient, url: str) -> tuple[str, int]:
-    """Stream a GET into a digest; never holds the body."""
-    digest = hashlib.sha256()
-    size = 0
-    with tus.get(url, stream=True) as response:
-        assert response.status_code == 200, (response.status_code, response.text)
-        for chunk in response.iter_content(MiB):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
-
-def data_file(server: Server, url: str) -> Path:
-    return server.data_dir / "uploads" / url.rstrip("/").rsplit("/", 1)[1]
 
 
 def patch_rest(tus: TusClient, url: str, pattern: Pattern, offset: int, length: int):
@@ -117,96 +62,11 @@ def assert_exact(tus: TusClient, url: str, pattern: Pattern, length: int) -> Non
     assert got == pattern.sha256(length), "stored bytes differ from the bytes sent"
 
 
-# --------------------------------------------------------------------------
-# A raw HTTP/1.1 PATCH: send what we like, when we like, read the answer
-# --------------------------------------------------------------------------
-
-
-@dataclass
-class RawResponse:
-    status: int
-    headers: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def offset(self) -> int | None:
-        value = self.headers.get("upload-offset")
-        return None if value is None else int(value)
-
-
-def connect(server: Server, timeout: float = 30.0) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
-
-
-class RawPatch:
-    """A PATCH written by hand on one socket (headers, then body at our pace)."""
-
-    def __init__(
-        self, server: Server, url: str, offset: int, length: int, sock: socket.socket | None = None
-    ):
-        self.sock = sock if sock is not None else connect(server)
-        self.sock.settimeout(30.0)
-        self.head = (
-            f"PATCH {urlsplit(url).path} HTTP/1.1\r\n"
-            f"Host: 127.0.0.1:{server.port}\r\n"
-            f"Tus-Resumable: {TUS['Tus-Resumable']}\r\n"
-            f"Content-Type: {OFFSET_STREAM}\r\n"
-            f"Upload-Offset: {offset}\r\n"
-            f"Content-Length: {length}\r\n\r\n"
-        ).encode()
-        self.sent = 0
-        self.send_error: OSError | None = None
-        self.answered = threading.Event()
-
-    def send_headers(self) -> None:
-        self.sock.sendall(self.head)
-
-    def send(self, data: bytes) -> bool:
-        """Send body bytes; False once the server closed the connection."""
-        if self.send_error is not None:
-            return False
-        try:
-            self.sock.sendall(data)
-        except OSError as error:
-            self.send_error = error
-            return False
-        self.sent += len(data)
-        return True
-
-    def response(self, timeout: float) -> RawResponse | None:
-        """The status line and headers, or None if the connection ended first."""
-        self.sock.settimeout(timeout)
-        received = b""
-        try:
-            while b"\r\n\r\n" not in received:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    return None
-                received += chunk
-        except (TimeoutError, ConnectionError):
-            return None
-        finally:
-            self.answered.set()
-        head = received.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
-        status = int(head[0].split(" ", 2)[1])
-        headers = {}
-        for line in head[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        return RawResponse(status, headers)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def started_patch(
     server: Server, url: str, total: int, pattern: Pattern, sent: int
 ) -> RawPatch:
     """A PATCH declaring ``total`` bytes, its headers and first ``sent`` bytes on the wire."""
-    raw = RawPatch(server, url, 0, total)
-    raw.send_headers()
-    for piece in pattern.pieces(0, sent):
-        assert raw.send(piece)
-    return raw
+    return RawPatch(server, url, 0, total).begin(*pattern.pieces(0, sent))
 
 
 # --------------------------------------------------------------------------
@@ -270,7 +130,7 @@ def test_256_mib_three_patches_round_trip(
 ) -> None:
     total = 256 * MiB
     cuts = [0, 96 * MiB, 176 * MiB, total]
-    pattern = Pattern(seed=1)
+    pattern = Pattern(total, seed=1)
     url = client.new_upload(total)
     sent_digest = hashlib.sha256()
     started = time.monotonic()
@@ -350,7 +210,8 @@ def test_same_offset_race_on_two_workers(
     outcomes: dict[tuple[int, ...], int] = {}
     for round_no in range(RACE_ROUNDS):
         url = client.new_upload(RACE_SIZE)
-        patterns = [Pattern(seed=100 + 2 * round_no), Pattern(seed=101 + 2 * round_no)]
+        patterns = [Pattern(RACE_SIZE, seed=100 + 2 * round_no),
+                    Pattern(RACE_SIZE, seed=101 + 2 * round_no)]
         (sock_a, pid_a), (sock_b, pid_b) = connections_on_two_workers(fault_server)
         assert pid_a != pid_b
         raws = [RawPatch(fault_server, url, 0, RACE_SIZE, sock=sock) for sock in (sock_a, sock_b)]
@@ -401,7 +262,7 @@ def test_same_offset_race_on_two_workers(
         source = patterns[kept]
         with open(data_file(fault_server, url), "rb") as stored:
             prefix = stored.read(head_offset)
-        assert prefix == source.read(0, head_offset), "stored prefix mixes the two bodies"
+        assert prefix == source.bytes(0, head_offset), "stored prefix mixes the two bodies"
         if head_offset < RACE_SIZE:
             response = patch_rest(fresh(fault_server), url, source, head_offset, RACE_SIZE)
             assert response.status_code == 204, response.text
@@ -419,7 +280,7 @@ def test_silent_holder_released_by_head_and_patch(
 ) -> None:
     total = 16 * MiB
     half = total // 2
-    pattern = Pattern(seed=3)
+    pattern = Pattern(total, seed=3)
     url = client.new_upload(total)
     stuck = started_patch(fault_server, url, total, pattern, half)
     time.sleep(0.5)  # loopback: the server has read the half by now
@@ -461,7 +322,7 @@ def test_disconnect_mid_body_keeps_received_bytes(
 ) -> None:
     total = 64 * MiB
     cut = 20 * MiB
-    pattern = Pattern(seed=4)
+    pattern = Pattern(total, seed=4)
     url = client.new_upload(total)
     raw = started_patch(fault_server, url, total, pattern, cut)
     raw.close()
@@ -504,13 +365,13 @@ def test_sigkilled_worker_lock_frees_and_upload_resumes(backend: str, start_serv
     tus = TusClient(server.endpoint)
     total = 32 * MiB
     sent_before_kill = 12 * MiB
-    pattern = Pattern(seed=5)
+    pattern = Pattern(total, seed=5)
     url = tus.new_upload(total)
     raw = RawPatch(server, url, 0, total)
     raw.send_headers()
     victim = connection_owner(server, raw.sock)
     assert victim is not None, "no worker holds the PATCH connection"
-    workers_before = serving_workers(server)
+    workers_before = server.worker_pids()
     assert victim in workers_before
     # About 20 MiB/s: heartbeats fall inside the flow, so the server commits
     # (commit_bytes) part of it and is killed holding uncommitted bytes.
@@ -542,7 +403,7 @@ def test_sigkilled_worker_lock_frees_and_upload_resumes(backend: str, start_serv
     stored = os.path.getsize(data_file(server, url))
     print(
         f"\n[{backend}] SIGKILL worker {victim} (workers {workers_before}, now "
-        f"{serving_workers(server)}) after "
+        f"{server.worker_pids()}) after "
         f"{sent_before_kill} of {total} bytes; lock free after "
         f"{freed_after if freed_after is None else round(freed_after, 2)} s "
         f"(lock_ttl {KILL_TTL:g}; probes {probes}); HEAD offset {offset}, "
@@ -572,11 +433,11 @@ def test_long_patch_commits_and_survives_head(
     total = 16 * MiB
     first = 7 * MiB  # below commit_bytes: only the commit_seconds timer can commit it
     assert first < COMMIT_BYTES
-    pattern = Pattern(seed=6)
+    pattern = Pattern(total, seed=6)
     url = client.new_upload(total)
     raw = started_patch(fault_server, url, total, pattern, first)
     time.sleep(2 * COMMIT_SECONDS)  # the socket stays open and silent
-    sidecar = read_sidecar_file(data_file(fault_server, url).with_suffix(".json"))
+    sidecar = read_sidecar_file(sidecar_file(fault_server, url))
     assert sidecar is not None
     committed_by_timer = sidecar.offset
 
@@ -617,7 +478,7 @@ def test_cut_large_patch_ends_the_file_at_its_offset(
     most twice what the request wrote plus 1 MiB (a client declaring 512 MiB and gone
     after 24 MiB leaves about 24 MiB reserved past the offset, not 488 MiB)."""
     total, sent = 512 * MiB, 24 * MiB
-    pattern = Pattern(seed=61)
+    pattern = Pattern(total, seed=61)
     url = client.new_upload(total)
     raw = started_patch(fault_server, url, total, pattern, sent)
     time.sleep(0.5)  # let the server read what was sent before the connection goes
@@ -636,8 +497,4 @@ def test_cut_large_patch_ends_the_file_at_its_offset(
     allocated = stat.st_blocks * 512
     print(f"\n[{backend}] cut PATCH: offset {offset}, allocated {allocated} bytes")
     assert allocated <= 2 * offset + 2 * MiB, (allocated, offset)  # 1 MiB for metadata
-    digest = hashlib.sha256()
-    with data_file(fault_server, url).open("rb") as stored:
-        while chunk := stored.read(MiB):
-            digest.update(chunk)
-    assert digest.hexdigest() == pattern.sha256(offset), "stored bytes differ from those sent"
+    assert pattern.matches_file(data_file(fault_server, url), offset), "stored bytes differ"

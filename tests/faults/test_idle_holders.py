@@ -11,15 +11,13 @@ once and gets every byte that arrived.
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 import requests
 
-from ..support import OFFSET_STREAM, TUS, Server, TusClient
+from ..support import TUS, RawPatch, Server, TusClient, assert_no_traceback
 
 IDLE_UPLOADS = 100
 QUIET_SECONDS = 3.0
@@ -55,18 +53,7 @@ def test_silent_uploads_cost_no_wakeups(start_server, backend: str) -> None:
     before = context_switches(worker)
     time.sleep(QUIET_SECONDS)
     baseline = context_switches(worker) - before
-    connections = []
-    for url in urls:
-        sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
-        sock.sendall(
-            (
-                f"PATCH {urlsplit(url).path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                f"Tus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n"
-                f"Content-Type: {OFFSET_STREAM}\r\nContent-Length: 1000\r\n\r\n"
-            ).encode()
-            + b"x" * 100
-        )
-        connections.append(sock)
+    connections = [RawPatch(server, url, 0, 1000).begin(b"x" * 100) for url in urls]
     try:
         time.sleep(1.5)  # every PATCH has its lock and has written its 100 bytes
         before = context_switches(worker)
@@ -91,23 +78,9 @@ def test_silent_uploads_cost_no_wakeups(start_server, backend: str) -> None:
         assert head.status_code == 200
         assert head.headers["Upload-Offset"] == "100"  # the holder woke and committed
     finally:
-        for sock in connections:
-            sock.close()
-    assert "Traceback" not in server.log()
-
-
-def _open_patch(server: Server, url: str, sent: bytes, length: int) -> socket.socket:
-    """A PATCH whose body has begun and stays open: it holds a thread."""
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
-    sock.sendall(
-        (
-            f"PATCH {urlsplit(url).path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Tus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n"
-            f"Content-Type: {OFFSET_STREAM}\r\nContent-Length: {length}\r\n\r\n"
-        ).encode()
-        + sent
-    )
-    return sock
+        for raw in connections:
+            raw.close()
+    assert_no_traceback(server)
 
 
 def test_a_worker_whose_threads_all_hold_uploads_accepts_no_more(start_server) -> None:
@@ -121,7 +94,7 @@ def test_a_worker_whose_threads_all_hold_uploads_accepts_no_more(start_server) -
     server: Server = start_server("embedded", workers=2, threads=2)
     tus = TusClient(server.endpoint)
     urls = [tus.new_upload(1000) for _ in range(3)]
-    connections = [_open_patch(server, url, b"x" * 10, 1000) for url in urls]
+    connections = [RawPatch(server, url, 0, 1000).begin(b"x" * 10) for url in urls]
     try:
         time.sleep(1.0)  # every PATCH holds its thread
         for attempt in range(12):
@@ -134,6 +107,6 @@ def test_a_worker_whose_threads_all_hold_uploads_accepts_no_more(start_server) -
             assert head.headers["Upload-Offset"] == "10"
             assert time.monotonic() - started < 2.0
     finally:
-        for sock in connections:
-            sock.close()
-    assert "Traceback" not in server.log()
+        for raw in connections:
+            raw.close()
+    assert_no_traceback(server)

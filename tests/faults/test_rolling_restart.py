@@ -1,6 +1,6 @@
 """A rolling restart behind nginx fails no upload of a resuming client.
 
-Two replicas share Redis and a data directory behind nginx (tests/support.py
+Two replicas share Redis and a data directory behind nginx (tests/support/nginx.py
 Proxied). While tuspy clients (with retries, as a resuming client runs)
 upload, each replica in turn gets SIGTERM, stops within its shutdown
 timeout, and starts again. The running PATCHes answer with what they stored
@@ -18,9 +18,16 @@ from pathlib import Path
 import requests
 from tusclient.client import TusClient as TuspyClient
 
-from ..support import UPSTREAM_FAIL_TIMEOUT, Proxied, Server, pattern_bytes, wait_until
+from ..support import (
+    UPSTREAM_FAIL_TIMEOUT,
+    MiB,
+    Proxied,
+    Server,
+    data_file,
+    pattern_file,
+    wait_until,
+)
 
-MiB = 1024 * 1024
 UPLOADS = 4
 SIZE = 24 * MiB
 CHUNK = 512 * 1024
@@ -58,11 +65,7 @@ def _restart(replica: Server) -> float:
 def test_a_rolling_restart_fails_no_upload(start_server, tmp_path: Path) -> None:
     proxied = start_server("proxied-redis", shutdown_timeout=5)
     assert isinstance(proxied, Proxied)
-    files = []
-    for index in range(UPLOADS):
-        path = tmp_path / f"file-{index}.bin"
-        path.write_bytes(pattern_bytes(SIZE, seed=40 + index))
-        files.append(path)
+    files = [pattern_file(tmp_path, SIZE, seed=40 + index)[0] for index in range(UPLOADS)]
     results: dict[int, object] = {}
     threads = [threading.Thread(target=_upload, args=(proxied.endpoint, path, results, i))
                for i, path in enumerate(files)]
@@ -83,7 +86,7 @@ def test_a_rolling_restart_fails_no_upload(start_server, tmp_path: Path) -> None
     for index, path in enumerate(files):
         url = results[index]
         assert isinstance(url, str)
-        stored = Path(proxied.data_dir, "uploads", url.rsplit("/", 1)[1])
+        stored = data_file(proxied, url)
         assert wait_until(lambda p=stored: p.exists() and p.stat().st_size == SIZE, 5)
         assert hashlib.sha256(stored.read_bytes()).digest() == \
             hashlib.sha256(path.read_bytes()).digest()

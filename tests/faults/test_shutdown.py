@@ -22,18 +22,21 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
 from ..support import (
     OFFSET_STREAM,
     TUS,
+    RawRequest,
+    RawResponse,
     Server,
     TusClient,
     assert_finished,
+    path_of,
     pattern_bytes,
     split_backend,
+    upload_id,
     wait_until,
 )
 
@@ -62,16 +65,6 @@ KILLED = "was sent SIGKILL"
 
 
 @dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-
-    @property
-    def offset(self) -> int:
-        return int(self.headers["upload-offset"])
-
-
-@dataclass
 class SlowRequest:
     """A PATCH or creation POST whose body a thread sends in pieces, and its answer.
 
@@ -81,7 +74,7 @@ class SlowRequest:
     hide it; then the client closes its side, as tus clients do.
     """
 
-    port: int
+    server: Server
     method: str
     path: str
     data: bytes
@@ -90,75 +83,42 @@ class SlowRequest:
     first: int = 256 * 1024
     piece: int = 32 * 1024
     pause: float = 0.02
-    #: Content-Length when it is not the data's (a body sent by an overridden ``_send``).
+    #: Content-Length when it is not the data's (a body made by an overridden ``pieces``).
     length: int | None = None
-    sent: int = 0
-    answer: Answer | None = None
-    done: threading.Event = field(default_factory=threading.Event)
-    sock: socket.socket = field(init=False)
+    answer: RawResponse | None = None
+    raw: RawRequest = field(init=False)
+
+    @property
+    def sent(self) -> int:
+        return self.raw.sent
 
     def start(self) -> SlowRequest:
-        self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
-        length = len(self.data) if self.length is None else self.length
-        framing = "Transfer-Encoding: chunked" if self.chunked else f"Content-Length: {length}"
-        lines = [
-            f"{self.method} {self.path} HTTP/1.1",
-            "Host: 127.0.0.1",
-            f"Tus-Resumable: {TUS['Tus-Resumable']}",
-            f"Content-Type: {OFFSET_STREAM}",
-            framing,
-            *(f"{name}: {value}" for name, value in self.headers.items()),
-        ]
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-        threading.Thread(target=self._send, daemon=True).start()
+        length = None if self.chunked else len(self.data) if self.length is None else self.length
+        headers = {**TUS, "Content-Type": OFFSET_STREAM, **self.headers}
+        self.raw = RawRequest(self.server, self.method, self.path, length, headers)
+        self.raw.send_headers()
+        self.raw.feed(self.pieces(), self.pause)
         threading.Thread(target=self._read, daemon=True).start()
         return self
 
-    def _send(self) -> None:
+    def pieces(self) -> Iterator[bytes]:
+        """The body: ``first`` bytes, then ``piece`` bytes at a time."""
         view = memoryview(self.data)
-        while self.sent < len(view) and not self.done.is_set():
-            piece = view[self.sent : self.sent + (self.piece if self.sent else self.first)]
-            wire = bytes(piece)
-            if self.chunked:
-                wire = f"{len(piece):x}\r\n".encode() + wire + b"\r\n"
-            try:
-                self.sock.sendall(wire)
-            except OSError:
-                return  # the server answered and closed
-            self.sent += len(piece)
-            if self.pause:
-                time.sleep(self.pause)
-        if self.chunked and not self.done.is_set():
-            try:
-                self.sock.sendall(b"0\r\n\r\n")
-            except OSError:
-                return
+        position = 0
+        while position < len(view):
+            size = self.piece if position else self.first
+            yield bytes(view[position : position + size])
+            position += size
 
     def _read(self) -> None:
-        received = b""
-        try:
-            while b"\r\n\r\n" not in received:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    return
-                received += chunk
-            head = received.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
-            headers = {}
-            for line in head[1:]:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-            self.answer = Answer(int(head[0].split(" ", 2)[1]), headers)
-        except OSError:
-            return
-        finally:
-            self.done.set()
-            with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_RDWR)  # as a client does, once answered
+        self.answer = self.raw.response(30, head_only=True)
+        with contextlib.suppress(OSError):
+            self.raw.sock.shutdown(socket.SHUT_RDWR)  # as a client does, once answered
 
-    def wait(self, timeout: float) -> Answer | None:
+    def wait(self, timeout: float) -> RawResponse | None:
         """The answer, or None when the connection ended without one."""
-        self.done.wait(timeout)
-        self.sock.close()
+        self.raw.answered.wait(timeout)
+        self.raw.close()
         return self.answer
 
 
@@ -218,10 +178,6 @@ def stop_master(server: Server, timeout: float = SHUTDOWN_TIMEOUT + 10) -> float
     return time.monotonic() - started
 
 
-def path_of(url: str) -> str:
-    return urlsplit(url).path
-
-
 def resume(tus: TusClient, server: Server, path: str, data: bytes) -> None:
     """A client back after the stop: HEAD's offset, the rest from there, then byte-exact."""
     url = server.url + path
@@ -255,11 +211,11 @@ def test_sigterm_during_uploads_keeps_every_byte_and_exits_promptly(
         chunked = index % 2 == 1
         if index < 4:
             path = path_of(tus.new_upload(size))
-            request = SlowRequest(server.port, "PATCH", path, data, chunked, {"Upload-Offset": "0"})
+            request = SlowRequest(server, "PATCH", path, data, chunked, {"Upload-Offset": "0"})
         else:
             path = None
             request = SlowRequest(
-                server.port,
+                server,
                 "POST",
                 path_of(server.endpoint),
                 data,
@@ -355,7 +311,7 @@ def test_reload_during_an_upload_answers_it_and_the_new_workers_resume_it(
     data = pattern_bytes(size, seed=9)
     path = path_of(tus.new_upload(size))
     request = SlowRequest(
-        server.port, "PATCH", path, data, headers={"Upload-Offset": "0"}, piece=64 * 1024
+        server, "PATCH", path, data, headers={"Upload-Offset": "0"}, piece=64 * 1024
     ).start()
     assert wait_until(lambda: request.sent >= MiB, 20)
     old_workers = set(server.worker_pids())
@@ -396,16 +352,12 @@ def test_a_patch_sending_flat_out_does_not_hold_the_stop(launch, site: Site) -> 
     path = path_of(tus.new_upload(size))
 
     class Endless(SlowRequest):
-        def _send(self) -> None:
-            while not self.done.is_set():
-                try:
-                    self.sock.sendall(block)
-                except OSError:
-                    return
-                self.sent += len(block)
+        def pieces(self) -> Iterator[bytes]:
+            while True:
+                yield block
 
     request = Endless(
-        server.port, "PATCH", path, b"", headers={"Upload-Offset": "0"}, length=size
+        server, "PATCH", path, b"", headers={"Upload-Offset": "0"}, pause=0, length=size
     ).start()
     assert wait_until(lambda: tus.offset(server.url + path) >= 16 * MiB, 20)
     tus.session.close()
@@ -424,7 +376,7 @@ def test_a_patch_sending_flat_out_does_not_hold_the_stop(launch, site: Site) -> 
     server = launch(site)
     tus = TusClient(server.endpoint)
     assert tus.offset(server.url + path) == answer.offset
-    stored = site.data_dir / "uploads" / path.rsplit("/", 1)[1]
+    stored = site.data_dir / "uploads" / upload_id(path)
     assert stored.stat().st_size == answer.offset
     with stored.open("rb") as file:
         position = 0

@@ -9,15 +9,22 @@ is read from a raw socket. Both registries.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import socket
 import time
 
 import pytest
 import requests
 
-from ..support import TUS, Server, pattern_bytes, wait_until
+from ..support import (
+    TUS,
+    RawRequest,
+    Server,
+    b64_digest,
+    pattern_bytes,
+    read_head,
+    request_head,
+    wait_until,
+)
 
 BACKENDS = ("embedded", "redis", "redis-s3")
 MAX_SIZE = 1000
@@ -255,15 +262,18 @@ def test_25_a_changed_length(draft: Draft) -> None:
     problem(response, "inconsistent-upload-length")
 
 
+def stalled_append(draft: Draft, url: str) -> RawRequest:
+    """An append from offset 50 declaring 50 bytes, of which 10 arrive; then silence."""
+    stuck = RawRequest(draft.server, "PATCH", url, 50,
+                       draft.headers(offset="50", complete="?0", type=PU)).begin(pattern_bytes(10))
+    assert wait_until(lambda: draft.head(url).headers["Upload-Offset"] == "60", 5)
+    return stuck
+
+
 def test_27_a_new_append_takes_over_a_stuck_one(draft: Draft) -> None:
     url = upload_at_50(draft)
-    path = url.split(str(draft.server.port), 1)[1]
-    stuck = socket.create_connection(("127.0.0.1", draft.server.port))
+    stuck = stalled_append(draft, url)
     try:
-        stuck.sendall((f"PATCH {path} HTTP/1.1\r\nHost: x\r\nUpload-Draft-Interop-Version: 9\r\n"
-                       f"Upload-Offset: 50\r\nUpload-Complete: ?0\r\nContent-Type: {PU}\r\n"
-                       "Content-Length: 50\r\n\r\n").encode() + pattern_bytes(10))
-        assert wait_until(lambda: draft.head(url).headers["Upload-Offset"] == "60", 5)
         taken = draft.append(url, 60, pattern_bytes(5))
         assert taken.status_code == 204 and taken.headers["Upload-Offset"] == "65"
     finally:
@@ -279,14 +289,8 @@ def test_21_completion_by_an_empty_append(draft: Draft) -> None:
 
 def test_28_29_cancellation(draft: Draft) -> None:
     url = upload_at_50(draft)
-    path = url.split(str(draft.server.port), 1)[1]
-    streaming = socket.create_connection(("127.0.0.1", draft.server.port))
+    streaming = stalled_append(draft, url)
     try:  # a request still streaming into it is ended by the DELETE (lock release)
-        streaming.sendall((f"PATCH {path} HTTP/1.1\r\nHost: x\r\n"
-                           "Upload-Draft-Interop-Version: 9\r\nUpload-Offset: 50\r\n"
-                           f"Upload-Complete: ?0\r\nContent-Type: {PU}\r\n"
-                           "Content-Length: 50\r\n\r\n").encode() + pattern_bytes(10))
-        assert wait_until(lambda: draft.head(url).headers["Upload-Offset"] == "60", 5)
         deleted = draft.session.delete(url, headers=draft.headers(), timeout=10)
         assert deleted.status_code == 204
     finally:
@@ -345,23 +349,6 @@ def test_tus_and_draft_share_uploads(draft: Draft) -> None:
 # -- 104 Upload Resumption Supported -----------------------------------------------
 
 
-def _read_head(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """One response head from ``sock``: status, headers, and bytes read past it."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed before a response head")
-        data += chunk
-    head, rest = data.split(b"\r\n\r\n", 1)
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(lines[0].split()[1]), headers, rest
-
-
 @pytest.fixture(scope="module")
 def announcing(start_server) -> Server:
     """A server with the default --interim-104 auto: it sends 104 to direct connections."""
@@ -369,11 +356,11 @@ def announcing(start_server) -> Server:
 
 
 def _start_creation(server: Server, length: int, sent: bytes) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", server.port))
-    sock.settimeout(10)
-    sock.sendall((f"POST /files/ HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-                  "Upload-Draft-Interop-Version: 9\r\nUpload-Complete: ?1\r\n"
-                  f"Content-Length: {length}\r\n\r\n").encode() + sent)
+    """A complete creation of ``length`` bytes, interop 9, its first bytes ``sent``."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    headers = {"Upload-Draft-Interop-Version": "9", "Upload-Complete": "?1",
+               "Content-Length": str(length)}
+    sock.sendall(request_head(server, "POST", "/files/", headers) + sent)
     return sock
 
 
@@ -382,11 +369,11 @@ def test_104_announces_the_upload_before_the_body_and_a_cut_resumes(
 ) -> None:
     data = pattern_bytes(3_000_000, seed=5)
     sock = _start_creation(announcing, len(data), b"")
-    status, headers, _ = _read_head(sock)  # before a byte of the body was sent
-    assert status == 104
-    location = headers["location"]
-    assert headers["upload-draft-interop-version"] == "9"
-    assert headers["upload-limit"] == "max-size=10000000, max-age=604800"
+    interim = read_head(sock, bytearray())  # before a byte of the body was sent
+    assert interim.status == 104
+    location = interim.headers["location"]
+    assert interim.headers["upload-draft-interop-version"] == "9"
+    assert interim.headers["upload-limit"] == "max-size=10000000, max-age=604800"
     sock.sendall(data[:1_000_000])
     time.sleep(0.5)
     sock.close()  # the connection is lost mid-body
@@ -400,38 +387,32 @@ def test_104_announces_the_upload_before_the_body_and_a_cut_resumes(
 def test_104_then_the_final_answer_on_a_kept_alive_connection(announcing: Server) -> None:
     body = b"0123456789"
     sock = _start_creation(announcing, len(body), body)
+    buffer = bytearray()
     try:
-        status, headers, rest = _read_head(sock)
-        assert status == 104
-        location = headers["location"]
-        sock_rest = rest
-        while b"\r\n\r\n" not in sock_rest:
-            sock_rest += sock.recv(65536)
-        final = sock_rest.split(b"\r\n", 1)[0]
-        assert final.startswith(b"HTTP/1.1 201")
-        assert f"Location: {location}".encode() in sock_rest
+        interim = read_head(sock, buffer)
+        assert interim.status == 104
+        location = interim.headers["location"]
+        final = read_head(sock, buffer)
+        assert final.status == 201 and final.headers["location"] == location
         # The same connection takes the next request.
-        path = location.split(str(announcing.port), 1)[1]
-        sock.sendall(f"HEAD {path} HTTP/1.1\r\nHost: x\r\n"
-                     "Upload-Draft-Interop-Version: 9\r\n\r\n".encode())
-        status, headers, _ = _read_head(sock)
-        assert (status, headers["upload-offset"], headers["upload-complete"]) == (204, "10", "?1")
+        sock.sendall(request_head(announcing, "HEAD", location,
+                                  {"Upload-Draft-Interop-Version": "9"}))
+        head = read_head(sock, bytearray())
+        assert (head.status, head.headers["upload-offset"], head.headers["upload-complete"]) == (
+            204, "10", "?1")
     finally:
         sock.close()
 
 
 def test_no_104_without_a_supported_version(announcing: Server) -> None:
-    sock = socket.create_connection(("127.0.0.1", announcing.port))
-    sock.settimeout(10)
+    sock = socket.create_connection(("127.0.0.1", announcing.port), timeout=10)
     try:
-        sock.sendall(b"POST /files/ HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
-                      b"Upload-Length: 3\r\nUpload-Draft-Interop-Version: 99\r\n"
-                      b"Content-Length: 0\r\n\r\n")
-        status, _, _ = _read_head(sock)
-        assert status == 201
+        sock.sendall(request_head(announcing, "POST", "/files/", {
+            **TUS, "Upload-Length": "3", "Upload-Draft-Interop-Version": "99",
+            "Content-Length": "0"}))
+        assert read_head(sock, bytearray()).status == 201
     finally:
         sock.close()
-
 
 
 def test_careful_creation_and_resumption_through_nginx(start_server) -> None:
@@ -457,8 +438,7 @@ def test_careful_creation_and_resumption_through_nginx(start_server) -> None:
 
 def digest(data: bytes, algorithm: str = "sha256") -> str:
     """An RFC 9530 digest field's member for ``data``."""
-    value = base64.b64encode(hashlib.new(algorithm, data).digest()).decode()
-    return f"{algorithm.replace('sha', 'sha-')}=:{value}:"
+    return f"{algorithm.replace('sha', 'sha-')}=:{b64_digest(algorithm, data)}:"
 
 
 def test_content_digest_is_verified(draft: Draft) -> None:

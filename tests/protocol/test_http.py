@@ -12,19 +12,26 @@ control over the wire (100-continue), go through :func:`raw_request`.
 
 from __future__ import annotations
 
-import base64
 import re
 import secrets
-import socket
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from urllib.parse import unquote
 
 import pytest
 import requests
 
-from ..support import OFFSET_STREAM, TUS, Server, TusClient
+from ..support import (
+    OFFSET_STREAM,
+    TUS,
+    Server,
+    TusClient,
+    b64,
+    encode_metadata,
+    make_upload,
+    raw_request,
+    upload_id,
+)
 
 ORIGIN = "https://app.example"
 ALLOWED_ORIGIN = "https://a.example"
@@ -48,126 +55,10 @@ def prefixed_server(backend: str, start_server) -> Server:
     return start_server(backend, base_path="/up/")
 
 
-def _fail_on_server_error(response: requests.Response, *args, **kwargs) -> None:
-    """Response hook: any 5xx fails the test that received it."""
-    if response.status_code >= 500:
-        request = response.request
-        pytest.fail(
-            f"server error {response.status_code} for {request.method} {request.url} "
-            f"(request headers {dict(request.headers)}): {response.text[:500]!r}"
-        )
-
-
 @pytest.fixture
-def client_for() -> Iterator[Callable[[Server], TusClient]]:
-    """Factory of clients for any server; every response is checked for 5xx."""
-    clients: list[TusClient] = []
-
-    def make(server: Server) -> TusClient:
-        client = TusClient(server.endpoint)
-        client.session.hooks["response"].append(_fail_on_server_error)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.session.close()
-
-
-@pytest.fixture
-def tus(server: Server, client_for: Callable[[Server], TusClient]) -> Iterator[TusClient]:
-    """A guarded client of the default server; its log must stay free of tracebacks."""
-    log_start = len(server.log())
-    yield client_for(server)
-    new_log = server.log()[log_start:]
-    assert "Traceback" not in new_log, f"server logged an exception:\n{new_log}"
-
-
-# --------------------------------------------------------------------------
-# Raw HTTP/1.1, for paths no client library would send unchanged
-# --------------------------------------------------------------------------
-
-
-@dataclass
-class RawResponse:
-    status: int
-    reason: str
-    headers: dict[str, str]  # lower-cased names
-    body: bytes
-    interim: list[int] = field(default_factory=list)  # 1xx statuses before the final one
-
-
-def _read_until_closed(sock: socket.socket) -> bytes:
-    data = bytearray()
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return bytes(data)
-        data += chunk
-
-
-def _read_head(sock: socket.socket, buffer: bytearray) -> bytes:
-    """One response head (status line and headers), removed from ``buffer``."""
-    while b"\r\n\r\n" not in buffer:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise AssertionError(f"connection closed before a response head: {bytes(buffer)!r}")
-        buffer += chunk
-    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
-    buffer[:] = rest
-    return head
-
-
-def _parse_head(head: bytes) -> tuple[int, str, dict[str, str]]:
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    _version, status, *reason = status_line.split(" ", 2)
-    headers: dict[str, str] = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        name = name.strip().lower()
-        headers[name] = f"{headers[name]}, {value.strip()}" if name in headers else value.strip()
-    return int(status), (reason[0] if reason else ""), headers
-
-
-def raw_request(
-    server: Server,
-    method: str,
-    target: str,
-    headers: dict[str, str] | None = None,
-    body: bytes = b"",
-    wait_for_continue: bool = False,
-) -> RawResponse:
-    """One request on its own connection (``Connection: close``), the target sent verbatim.
-
-    With ``wait_for_continue`` the body is held back until the server sent
-    ``100 Continue`` (or 3 s passed, as clients do).
-    """
-    lines = [f"{method} {target} HTTP/1.1", f"Host: 127.0.0.1:{server.port}", "Connection: close"]
-    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    interim: list[int] = []
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        buffer = bytearray()
-        if wait_for_continue:
-            sock.sendall(head)
-            sock.settimeout(3)
-            try:
-                status, _, _ = _parse_head(_read_head(sock, buffer))
-                interim.append(status)
-            except TimeoutError:
-                pass
-            sock.settimeout(10)
-            sock.sendall(body)
-        else:
-            sock.sendall(head + body)
-        while True:
-            status, reason, response_headers = _parse_head(_read_head(sock, buffer))
-            if not 100 <= status < 200:
-                break
-            interim.append(status)
-        rest = bytes(buffer) + _read_until_closed(sock)
-    assert status < 500, f"server error {status} {reason} for {method} {target[:80]}: {rest!r}"
-    return RawResponse(status, reason, response_headers, rest, interim)
+def tus(server: Server, guarded_client: Callable[[Server], TusClient]) -> TusClient:
+    """A guarded client of the default server."""
+    return guarded_client(server)
 
 
 # --------------------------------------------------------------------------
@@ -175,22 +66,9 @@ def raw_request(
 # --------------------------------------------------------------------------
 
 
-def b64(value: str | bytes) -> str:
-    raw = value.encode() if isinstance(value, str) else value
-    return base64.b64encode(raw).decode("ascii")
-
-
-def metadata(**values: str | bytes) -> str:
-    return ",".join(f"{key} {b64(value)}" for key, value in values.items())
-
-
 def finished_upload(tus: TusClient, data: bytes, **meta: str | bytes) -> str:
-    headers = {"Upload-Metadata": metadata(**meta)} if meta else None
-    url = tus.new_upload(len(data), headers=headers)
-    if data:
-        response = tus.patch(url, 0, data)
-        assert response.status_code == 204, response.text
-    return url
+    headers = {"Upload-Metadata": encode_metadata(**meta)} if meta else None
+    return make_upload(tus, len(data), data, headers)
 
 
 def tokens(value: str | None) -> set[str]:
@@ -300,13 +178,13 @@ def test_tus_max_size_advertised_when_limited(tus: TusClient) -> None:
     assert tus.options().headers.get("Tus-Max-Size") == "1000000000"
 
 
-def test_tus_max_size_absent_without_limit(proxy_server: Server, client_for) -> None:
-    response = client_for(proxy_server).options()
+def test_tus_max_size_absent_without_limit(proxy_server: Server, guarded_client) -> None:
+    response = guarded_client(proxy_server).options()
     assert response.status_code in (200, 204)
     assert "Tus-Version" in response.headers
     assert "Tus-Max-Size" not in response.headers
     # and without a limit, a large upload is accepted
-    assert client_for(proxy_server).create(10**12).status_code == 201
+    assert guarded_client(proxy_server).create(10**12).status_code == 201
 
 
 # --------------------------------------------------------------------------
@@ -365,9 +243,9 @@ def test_cors_expose_headers(tus: TusClient, server: Server) -> None:
         assert needed <= exposed, (name, exposed)
 
 
-def test_cors_listed_origin(proxy_server: Server, client_for) -> None:
+def test_cors_listed_origin(proxy_server: Server, guarded_client) -> None:
     """With cors_origins set, a listed origin is echoed, preflight and normal alike."""
-    client = client_for(proxy_server)
+    client = guarded_client(proxy_server)
     preflight = client.session.options(
         proxy_server.endpoint, headers={**PREFLIGHT_HEADERS, "Origin": ALLOWED_ORIGIN}, timeout=30
     )
@@ -379,9 +257,9 @@ def test_cors_listed_origin(proxy_server: Server, client_for) -> None:
     assert created.headers.get("Access-Control-Allow-Origin") == ALLOWED_ORIGIN
 
 
-def test_cors_disallowed_origin(proxy_server: Server, client_for) -> None:
+def test_cors_disallowed_origin(proxy_server: Server, guarded_client) -> None:
     """With cors_origins set, another origin gets no Access-Control-Allow-Origin."""
-    client = client_for(proxy_server)
+    client = guarded_client(proxy_server)
     evil = "https://evil.example"
     preflight = client.session.options(
         proxy_server.endpoint, headers={**PREFLIGHT_HEADERS, "Origin": evil}, timeout=30
@@ -419,8 +297,8 @@ PROXY_HEADERS = {
 
 
 @pytest.mark.parametrize("style", list(PROXY_HEADERS))
-def test_location_behind_trusted_proxy(proxy_server: Server, client_for, style: str) -> None:
-    client = client_for(proxy_server)
+def test_location_behind_trusted_proxy(proxy_server: Server, guarded_client, style: str) -> None:
+    client = guarded_client(proxy_server)
     response = client.create(5, headers=PROXY_HEADERS[style])
     assert response.status_code == 201, response.text
     location = response.headers["Location"]
@@ -443,8 +321,8 @@ def test_proxy_headers_ignored_without_trust(tus: TusClient, server: Server, sty
 
 
 @pytest.mark.parametrize("collection", ["/up/", "/up"])
-def test_custom_base_path(prefixed_server: Server, client_for, collection: str) -> None:
-    client = client_for(prefixed_server)
+def test_custom_base_path(prefixed_server: Server, guarded_client, collection: str) -> None:
+    client = guarded_client(prefixed_server)
     response = client.session.post(
         prefixed_server.url + collection,
         headers={**TUS, "Upload-Length": "5"},
@@ -463,8 +341,8 @@ def test_custom_base_path(prefixed_server: Server, client_for, collection: str) 
     assert client.head(location).status_code in (404, 410)
 
 
-def test_custom_base_path_discovery_and_old_path(prefixed_server: Server, client_for) -> None:
-    client = client_for(prefixed_server)
+def test_custom_base_path_discovery_and_old_path(prefixed_server: Server, guarded_client) -> None:
+    client = guarded_client(prefixed_server)
     options = client.options()
     assert client.endpoint.endswith("/up/")
     assert options.status_code in (200, 204)
@@ -652,11 +530,11 @@ BAD_IDS = {
 def test_bad_upload_ids_are_404(tus: TusClient, server: Server, kind: str) -> None:
     """Ids the server cannot have made → 404 for HEAD/GET/PATCH/DELETE, never a 5xx."""
     existing = tus.new_upload(10)
-    existing_id = existing.rsplit("/", 1)[1]
-    upload_id = {"UPPER": existing_id.upper(), "SHORT": existing_id[:31]}.get(
+    existing_id = upload_id(existing)
+    bad_id = {"UPPER": existing_id.upper(), "SHORT": existing_id[:31]}.get(
         BAD_IDS[kind], BAD_IDS[kind]
     )
-    target = "/files/" + upload_id
+    target = "/files/" + bad_id
     answers = {}
     for method in ("HEAD", "GET", "PATCH", "DELETE"):
         headers = dict(TUS)
@@ -707,9 +585,7 @@ def test_expect_100_continue_with_content_length(tus: TusClient, server: Server)
         "Expect": "100-continue",
     }
     started = time.monotonic()
-    response = raw_request(
-        server, "PATCH", url[len(server.url) :], headers, b"hello", wait_for_continue=True
-    )
+    response = raw_request(server, "PATCH", url, headers, b"hello", wait_for_continue=True)
     assert response.interim == [100]
     assert time.monotonic() - started < 3  # the body was not held back by a timeout
     assert response.status == 204, response
@@ -728,9 +604,7 @@ def test_expect_100_continue_chunked(tus: TusClient, server: Server) -> None:
         "Expect": "100-continue",
     }
     body = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
-    response = raw_request(
-        server, "PATCH", url[len(server.url) :], headers, body, wait_for_continue=True
-    )
+    response = raw_request(server, "PATCH", url, headers, body, wait_for_continue=True)
     assert response.interim == [100]
     assert response.status == 204, response
     assert response.headers["upload-offset"] == "11"
@@ -753,19 +627,10 @@ def test_chunked_lines_split_across_packets(tus: TusClient, server: Server) -> N
     packet than it began.
     """
     url = tus.new_upload(10)
-    path = url.split(str(server.port), 1)[1]
     pieces = [b"5\r", b"\nhello\r\n5", b"\r\nworld\r", b"\n0\r", b"\n\r", b"\n"]
-    head = (
-        f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nTus-Resumable: 1.0.0\r\n"
-        f"Upload-Offset: 0\r\nContent-Type: {OFFSET_STREAM}\r\n"
-        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-    ).encode()
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(head)
-        for piece in pieces:
-            time.sleep(0.05)
-            sock.sendall(piece)
-        answer = _read_until_closed(sock)
-    assert answer.startswith(b"HTTP/1.1 204"), answer[:200]
+    headers = {**TUS, "Upload-Offset": "0", "Content-Type": OFFSET_STREAM,
+               "Transfer-Encoding": "chunked"}
+    response = raw_request(server, "PATCH", url, headers, pieces, pause=0.05)
+    assert response.status == 204, response
     assert tus.offset(url) == 10
     assert tus.get(url).content == b"helloworld"

@@ -16,18 +16,32 @@ per registry backend. The uploads of the table are made fresh per test:
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import re
 import secrets
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
 import requests
 
-from ..support import OFFSET_STREAM, PROXIED, TUS, Server, TusClient, pattern_bytes, wait_until
+from ..support import (
+    OFFSET_STREAM,
+    PROXIED,
+    TUS,
+    Server,
+    TusClient,
+    assert_content,
+    assert_state,
+    b64_digest,
+    make_upload,
+    offered_extensions,
+    pattern_bytes,
+    raw_request,
+    request_head,
+    upload_count,
+    wait_until,
+)
 
 #: The registries and stores the protocol tests run on: a Redis Cluster too, where
 #: every script must stay within one upload's hash slot, uploads kept in S3,
@@ -69,45 +83,10 @@ def small_server(backend: str, start_server) -> Server:
     return start_server(backend, max_size=MAX_SIZE)
 
 
-def _fail_on_server_error(response: requests.Response, *args, **kwargs) -> None:
-    """Response hook: any 5xx fails the test that received it."""
-    if response.status_code >= 500:
-        request = response.request
-        pytest.fail(
-            f"server error {response.status_code} for {request.method} {request.url} "
-            f"(request headers {dict(request.headers)}): {response.text[:500]!r}"
-        )
-
-
 @pytest.fixture
-def tus(small_server: Server) -> Iterator[TusClient]:
-    """A client whose every response is checked for 5xx; the server log too."""
-    client = TusClient(small_server.endpoint)
-    client.session.hooks["response"].append(_fail_on_server_error)
-    log_start = len(small_server.log())
-    yield client
-    client.session.close()
-    new_log = small_server.log()[log_start:]
-    assert "Traceback" not in new_log, f"server logged an exception:\n{new_log}"
-
-
-def upload_count(server: Server) -> int:
-    """Uploads the server has on disk (both backends keep a sidecar per upload)."""
-    return len(server.upload_ids())
-
-
-def make_upload(
-    tus: TusClient, length: int | None, data: bytes = b"", headers: dict[str, str] | None = None
-) -> str:
-    extra = dict(headers or {})
-    if length is None:
-        extra["Upload-Defer-Length"] = "1"
-    url = tus.new_upload(length, headers=extra)
-    if data:
-        response = tus.patch(url, 0, data)
-        assert response.status_code == 204, (response.status_code, response.text)
-        assert response.headers["Upload-Offset"] == str(len(data))
-    return url
+def tus(small_server: Server, guarded_client: Callable[[Server], TusClient]) -> TusClient:
+    """A guarded client of the table's server."""
+    return guarded_client(small_server)
 
 
 @pytest.fixture
@@ -134,26 +113,6 @@ def missing(small_server: Server) -> str:
     return small_server.endpoint + secrets.token_hex(16)
 
 
-def assert_state(tus: TusClient, url: str, offset: int, length: int | None) -> None:
-    """HEAD shows ``offset`` and ``length`` (None: deferred)."""
-    response = tus.head(url)
-    assert response.status_code in (200, 204), (response.status_code, response.text)
-    assert response.headers.get("Upload-Offset") == str(offset)
-    if length is None:
-        assert response.headers.get("Upload-Defer-Length") == "1"
-        assert "Upload-Length" not in response.headers
-    else:
-        assert response.headers.get("Upload-Length") == str(length)
-        assert "Upload-Defer-Length" not in response.headers
-
-
-def assert_content(tus: TusClient, url: str, expected: bytes) -> None:
-    """The stored bytes, read back through a download of the complete upload."""
-    response = tus.get(url)
-    assert response.status_code == 200, (response.status_code, response.text)
-    assert response.content == expected
-
-
 def assert_tus_response(response: requests.Response) -> None:
     assert response.headers.get("Tus-Resumable") == "1.0.0"
 
@@ -161,43 +120,6 @@ def assert_tus_response(response: requests.Response) -> None:
 def assert_not_created(response: requests.Response, server: Server, before: int) -> None:
     assert "Location" not in response.headers
     assert upload_count(server) == before
-
-
-def extensions(response: requests.Response) -> set[str]:
-    return {e.strip() for e in response.headers.get("Tus-Extension", "").split(",") if e.strip()}
-
-
-def b64_sha1(data: bytes) -> str:
-    return base64.b64encode(hashlib.sha1(data).digest()).decode("ascii")
-
-
-def request_head(server: Server, method: str, url: str, headers: dict[str, str]) -> bytes:
-    """Request line and headers, for requests sent over a raw socket."""
-    lines = [f"{method} {url[len(server.url) :]} HTTP/1.1", f"Host: 127.0.0.1:{server.port}"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-def raw_exchange(
-    server: Server, method: str, url: str, headers: dict[str, str], body: bytes
-) -> tuple[int, dict[str, str]]:
-    """One request on its own connection; the final status and headers (lower-cased)."""
-    headers = {**headers, "Connection": "close"}
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(request_head(server, method, url, headers) + body)
-        data = bytearray()
-        while chunk := sock.recv(65536):
-            data += chunk
-    heads = [part for part in bytes(data).split(b"\r\n\r\n") if part.startswith(b"HTTP/1.")]
-    final = [h for h in heads if not h.split(b" ", 2)[1].startswith(b"1")][0]
-    status_line, *lines = final.decode("latin-1").split("\r\n")
-    status = int(status_line.split(" ")[1])
-    assert status < 500, f"server error for {method} {url}: {bytes(data)!r}"
-    reply = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        reply[name.strip().lower()] = value.strip()
-    return status, reply
 
 
 # --------------------------------------------------------------------------
@@ -216,10 +138,10 @@ def assert_discovery(response: requests.Response, backend: str) -> None:
     versions = [v.strip() for v in response.headers["Tus-Version"].split(",")]
     assert "1.0.0" in versions
     if offers_checksum_trailer(backend):
-        assert extensions(response) >= OFFERED_EXTENSIONS
+        assert offered_extensions(response) >= OFFERED_EXTENSIONS
     else:
-        assert extensions(response) >= OFFERED_EXTENSIONS - {"checksum-trailer"}
-        assert "checksum-trailer" not in extensions(response)
+        assert offered_extensions(response) >= OFFERED_EXTENSIONS - {"checksum-trailer"}
+        assert "checksum-trailer" not in offered_extensions(response)
     assert response.headers.get("Tus-Max-Size") == str(MAX_SIZE)
     algorithms = [a.strip() for a in response.headers["Tus-Checksum-Algorithm"].split(",")]
     assert {"sha1", "md5", "sha256"} <= set(algorithms)
@@ -675,7 +597,7 @@ def chunked(*chunks: bytes, trailers: str = "") -> bytes:
 TRAILER_CASES = {
     # name: (headers beyond the usual, trailer section, expected statuses, bytes kept)
     "match": ({}, f"Upload-Checksum: sha1 {HELLO_WORLD_SHA1}\r\n", {204}, True),
-    "mismatch": ({}, f"Upload-Checksum: sha1 {b64_sha1(b'other')}\r\n", {460}, False),
+    "mismatch": ({}, f"Upload-Checksum: sha1 {b64_digest('sha1', b'other')}\r\n", {460}, False),
     "header-and-trailer": (
         {"Upload-Checksum": f"sha1 {HELLO_WORLD_SHA1}"},
         f"Upload-Checksum: sha1 {HELLO_WORLD_SHA1}\r\n",
@@ -697,7 +619,7 @@ def test_row45_checksum_trailer(
     request trailers, every case is refused (400 or 460) and nothing is kept."""
     extra, trailers, statuses, kept = TRAILER_CASES[case]
     if offers_checksum_trailer(backend):
-        assert "checksum-trailer" in extensions(tus.options())
+        assert "checksum-trailer" in offered_extensions(tus.options())
     else:
         statuses, kept = (400, 460), False
     headers = {
@@ -708,12 +630,12 @@ def test_row45_checksum_trailer(
         "Trailer": "Upload-Checksum",
         **extra,
     }
-    status, reply = raw_exchange(
+    reply = raw_request(
         small_server, "PATCH", u1, headers, chunked(b"hello ", b"world", trailers=trailers)
     )
-    assert status in statuses, (status, reply)
+    assert reply.status in statuses, reply
     if kept:
-        assert reply.get("upload-offset") == "81"
+        assert reply.headers.get("upload-offset") == "81"
         assert_state(tus, u1, 81, 100)
         assert tus.patch(u1, 81, DATA[81:]).status_code == 204
         assert_content(tus, u1, DATA[:70] + b"hello world" + DATA[81:])

@@ -23,8 +23,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
-import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,7 +32,10 @@ from pathlib import Path
 
 import pytest
 
-BROWSER_DIR = Path(__file__).resolve().parent / "browser"
+from .node import node_and_npm, npm_ci, run_json_script, run_setup
+from .paths import TESTS
+
+BROWSER_DIR = TESTS / "browser"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 BUNDLE = BROWSER_DIR / "dist" / "uppy-test.js"
 BUNDLE_SOURCES = ("src/uppy-test.js", "build.mjs", "package-lock.json")
@@ -48,19 +49,7 @@ class BrowserKit:
 
 
 def _run(command: list[str], what: str, timeout: float) -> str:
-    try:
-        done = subprocess.run(
-            command, cwd=BROWSER_DIR, capture_output=True, text=True, timeout=timeout
-        )
-    except (OSError, subprocess.TimeoutExpired) as error:
-        pytest.fail(f"browser test set-up: {what} failed: {error}", pytrace=False)
-    if done.returncode != 0:
-        pytest.fail(
-            f"browser test set-up: {what} failed (exit {done.returncode}):\n"
-            f"$ {' '.join(command)}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}",
-            pytrace=False,
-        )
-    return done.stdout.strip()
+    return run_setup(command, BROWSER_DIR, what, timeout)
 
 
 def _mtime(path: Path) -> float:
@@ -87,14 +76,7 @@ def browser_kit() -> BrowserKit:
 @functools.cache
 def _set_up() -> BrowserKit:
     """Check the tools, install the pinned packages and build the page when needed."""
-    node = shutil.which("node")
-    npm = shutil.which("npm")
-    missing = [name for name, path in (("node", node), ("npm", npm)) if path is None]
-    if node is None or npm is None:
-        pytest.fail(
-            f"browser tests need {' and '.join(missing)} on PATH (Node.js 20+ with npm)",
-            pytrace=False,
-        )
+    node, npm = node_and_npm("browser tests")
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
         pytest.fail(
             f"browser tests need Chromium at {CHROMIUM} (apt-get install chromium, or set "
@@ -104,7 +86,7 @@ def _set_up() -> BrowserKit:
     chromium_version = _run([CHROMIUM, "--version"], f"{CHROMIUM} --version", 60)
     installed = BROWSER_DIR / "node_modules" / ".package-lock.json"
     if _mtime(installed) < _mtime(BROWSER_DIR / "package-lock.json"):
-        _run([npm, "ci", "--no-audit", "--no-fund"], "npm ci in tests/browser", 600)
+        npm_ci(npm, BROWSER_DIR)
     if _mtime(BUNDLE) < max(_mtime(BROWSER_DIR / name) for name in BUNDLE_SOURCES):
         _run([node, "build.mjs"], "esbuild bundle (node build.mjs)", 120)
     versions = {"node": _run([node, "--version"], "node --version", 60)}
@@ -117,30 +99,11 @@ def _set_up() -> BrowserKit:
 
 def run_driver(kit: BrowserKit, script: str, *args: str, timeout: float = 60) -> dict:
     """Run a Node driver in tests/browser; its last stdout line is a JSON result."""
-    command = [kit.node, script, *args]
-    environment = {**os.environ, "CHROMIUM": kit.chromium}
-    try:
-        done = subprocess.run(
-            command,
-            cwd=BROWSER_DIR,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=environment,
-        )
-    except subprocess.TimeoutExpired as error:
-        pytest.fail(f"{script} timed out after {timeout} s:\n{error.stdout}\n{error.stderr}")
-    lines = done.stdout.strip().splitlines()
-    try:
-        result = json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
-        pytest.fail(
-            f"{script} printed no result (exit {done.returncode}):\n{done.stdout}\n{done.stderr}"
-        )
-    if done.returncode != 0 or not result.get("ok"):
-        log = "\n".join(result.get("log", []))
-        pytest.fail(f"{script} failed: {result.get('error')}\nbrowser log:\n{log}\n{done.stderr}")
-    return result
+    return run_json_script(
+        [kit.node, script, *args], BROWSER_DIR, timeout,
+        lambda result: "browser log:\n" + "\n".join(result.get("log", [])),
+        env={"CHROMIUM": kit.chromium},
+    )
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
