@@ -125,8 +125,10 @@ def make_partial(tus: TusClient, length: int, data: bytes = b"") -> str:
     return make_upload(tus, length, data, headers={"Upload-Concat": "partial"})
 
 
-def post_final(tus: TusClient, urls: list[str], **headers: str) -> requests.Response:
-    return tus.create(headers={"Upload-Concat": "final;" + " ".join(urls), **headers})
+def post_final(
+    tus: TusClient, urls: list[str], data: bytes | None = None, **headers: str
+) -> requests.Response:
+    return tus.create(headers={"Upload-Concat": "final;" + " ".join(urls), **headers}, data=data)
 
 
 def head_ok(tus: TusClient, url: str) -> requests.Response:
@@ -551,25 +553,25 @@ def test_row60_malformed_upload_concat(table: TusClient, table_server: Server, v
     assert upload_count(table_server) == before
 
 
-def test_row61_final_with_upload_length(table: TusClient, table_server: Server) -> None:
-    """Row 61: POST final + Upload-Length: 11 → 400, nothing created."""
+#: Rows 61 and 62: what a final must not carry, as (headers, body, status).
+FINAL_REFUSALS = {
+    "row61-upload-length": ({"Upload-Length": "11"}, None, 400),
+    "row62-body": ({}, b"hello world", 403),
+}
+
+
+@pytest.mark.parametrize("row", list(FINAL_REFUSALS))
+def test_rows_61_62_final_with_length_or_body(
+    table: TusClient, table_server: Server, row: str
+) -> None:
+    """Row 61: POST final + Upload-Length: 11 → 400. Row 62: POST final with CT and a
+    body → 403. Nothing is created."""
+    headers, body, status = FINAL_REFUSALS[row]
     p1 = make_partial(table, 5, b"hello")
     p2 = make_partial(table, 6, b" world")
     before = upload_count(table_server)
-    response = post_final(table, [path_of(p1), path_of(p2)], **{"Upload-Length": "11"})
-    assert response.status_code == 400, (response.status_code, response.text)
-    assert upload_count(table_server) == before
-
-
-def test_row62_final_with_body(table: TusClient, table_server: Server) -> None:
-    """Row 62: POST final with CT and a body → 403, nothing created."""
-    p1 = make_partial(table, 5, b"hello")
-    p2 = make_partial(table, 6, b" world")
-    before = upload_count(table_server)
-    response = table.create(
-        headers={"Upload-Concat": f"final;{path_of(p1)} {path_of(p2)}"}, data=b"hello world"
-    )
-    assert response.status_code == 403, (response.status_code, response.text)
+    response = post_final(table, [path_of(p1), path_of(p2)], data=body, **headers)
+    assert response.status_code == status, (response.status_code, response.text)
     assert upload_count(table_server) == before
 
 

@@ -575,40 +575,29 @@ def test_chunked_patch_deferred_length(tus: TusClient) -> None:
     assert tus.offset(url) == 6
 
 
-def test_expect_100_continue_with_content_length(tus: TusClient, server: Server) -> None:
-    url = tus.new_upload(5)
-    headers = {
-        **TUS,
-        "Content-Type": OFFSET_STREAM,
-        "Upload-Offset": "0",
-        "Content-Length": "5",
-        "Expect": "100-continue",
-    }
+#: Bodies sent after 100 Continue, as (framing headers, wire bytes, content).
+CONTINUED_BODIES = {
+    "content-length": ({"Content-Length": "5"}, b"hello", b"hello"),
+    # tus-java-client: chunked, no Content-Length.
+    "chunked": ({"Transfer-Encoding": "chunked"}, b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+                b"hello world"),
+}
+
+
+@pytest.mark.parametrize("framing", list(CONTINUED_BODIES))
+def test_expect_100_continue(tus: TusClient, server: Server, framing: str) -> None:
+    """Expect: 100-continue is answered 100 at once, then the body is taken."""
+    extra, wire, content = CONTINUED_BODIES[framing]
+    url = tus.new_upload(len(content))
+    headers = {**TUS, "Content-Type": OFFSET_STREAM, "Upload-Offset": "0",
+               "Expect": "100-continue", **extra}
     started = time.monotonic()
-    response = raw_request(server, "PATCH", url, headers, b"hello", wait_for_continue=True)
+    response = raw_request(server, "PATCH", url, headers, wire, wait_for_continue=True)
     assert response.interim == [100]
     assert time.monotonic() - started < 3  # the body was not held back by a timeout
     assert response.status == 204, response
-    assert response.headers["upload-offset"] == "5"
-    assert tus.get(url).content == b"hello"
-
-
-def test_expect_100_continue_chunked(tus: TusClient, server: Server) -> None:
-    """tus-java-client: chunked, no Content-Length, Expect: 100-continue."""
-    url = tus.new_upload(11)
-    headers = {
-        **TUS,
-        "Content-Type": OFFSET_STREAM,
-        "Upload-Offset": "0",
-        "Transfer-Encoding": "chunked",
-        "Expect": "100-continue",
-    }
-    body = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
-    response = raw_request(server, "PATCH", url, headers, body, wait_for_continue=True)
-    assert response.interim == [100]
-    assert response.status == 204, response
-    assert response.headers["upload-offset"] == "11"
-    assert tus.get(url).content == b"hello world"
+    assert response.headers["upload-offset"] == str(len(content))
+    assert tus.get(url).content == content
 
 
 def test_empty_patch_with_content_length_zero(tus: TusClient) -> None:
