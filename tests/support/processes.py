@@ -22,12 +22,12 @@ def free_port() -> int:
 
 
 def child_pids(pid: int) -> list[int]:
-    """The direct children of ``pid`` (gunicorn's workers and helpers), from /proc."""
+    """The children of ``pid``'s main thread (gunicorn's workers and helpers), from /proc."""
     try:
-        return [int(child) for child in
-                Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     except OSError:
         return []
+    return list(dict.fromkeys(int(child) for child in text.split()))  # seen listed twice
 
 
 def command_line(pid: int) -> list[str]:
