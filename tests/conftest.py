@@ -8,6 +8,10 @@ the Redis registry with uploads kept in moto's S3 server). With a
 ``proxied-`` prefix (``proxied-redis-s3``) the backend is served by two
 replicas behind nginx with the shipped config, each with its own data
 directory when uploads live in S3, sharing one otherwise.
+
+The fixtures serve every subpackage of tests/ (the helpers they use are in
+support/): ``guarded_client`` makes clients held to the suite's rule of no 5xx
+and no traceback in the server's log.
 """
 
 from __future__ import annotations
