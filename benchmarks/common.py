@@ -1,8 +1,11 @@
 """Shared pieces of the benchmarks: processes, /proc readings, a fast raw HTTP client.
 
-Nothing here imports the tests: the benchmarks start ``python -m resumable serve``
-(gunicorn) and, when asked, a private ``redis-server`` themselves, and talk to the
-server with the standard library only.
+The benchmarks start ``python -m resumable serve`` (gunicorn) and, when asked, a
+private ``redis-server`` themselves, and talk to the server with the standard
+library only. Ports, a process's children, stopping a process group, the private
+redis-server and the poll loop are the test suite's own (tests/support/
+processes.py, redis_servers.py, waiting.py): one way to run those processes, in
+the venv scripts/bootstrap makes (with the test extras).
 """
 
 from __future__ import annotations
@@ -16,8 +19,6 @@ import multiprocessing
 import os
 import platform
 import re
-import shutil
-import signal
 import socket
 import statistics
 import struct
@@ -29,7 +30,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
+
+from tests.support.processes import child_pids, command_line, free_port, stop_group
+from tests.support.waiting import wait_until
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -223,37 +227,20 @@ def proc_cpu_seconds(pid: int) -> float | None:
     return (int(fields_after_name[11]) + int(fields_after_name[12])) / _CLOCK_TICKS
 
 
-def child_pids(pid: int) -> list[int]:
-    """Children of a process's main thread (gunicorn workers of a master)."""
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return list(dict.fromkeys(int(p) for p in text.split()))  # seen listed twice
+class Sampler:
+    """Calls ``sample`` every ``interval`` seconds in a thread, from ``with`` to its end.
 
-
-def proc_cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-
-
-class RssSampler:
-    """Samples VmRSS of some processes every ``interval`` seconds in a thread.
-
-    ``pids()`` is called on every round so a worker that gunicorn replaced
-    mid-run is still seen. Keeps the peak per pid and how many samples ran.
+    It samples once more as the block ends, so a run shorter than the interval
+    still has its figure.
     """
 
-    def __init__(self, pids: Callable[[], list[int]], interval: float = 0.01):
-        self.pids = pids
+    def __init__(self, interval: float, name: str):
         self.interval = interval
-        self.peak: dict[int, int] = {}
-        self.samples = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def sample(self) -> None:
+        raise NotImplementedError
 
     def _run(self) -> None:
         while True:
@@ -262,14 +249,7 @@ class RssSampler:
                 break
         self.sample()
 
-    def sample(self) -> None:
-        for pid in self.pids():
-            rss = _vm_rss(pid)
-            if rss is not None and rss > self.peak.get(pid, -1):
-                self.peak[pid] = rss
-        self.samples += 1
-
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -278,82 +258,30 @@ class RssSampler:
         self._thread.join()
 
 
+class RssSampler(Sampler):
+    """Samples VmRSS of some processes every ``interval`` seconds in a thread.
+
+    ``pids()`` is called on every round so a worker that gunicorn replaced
+    mid-run is still seen. Keeps the peak per pid and how many samples ran.
+    """
+
+    def __init__(self, pids: Callable[[], list[int]], interval: float = 0.01):
+        super().__init__(interval, "rss-sampler")
+        self.pids = pids
+        self.peak: dict[int, int] = {}
+        self.samples = 0
+
+    def sample(self) -> None:
+        for pid in self.pids():
+            rss = _vm_rss(pid)
+            if rss is not None and rss > self.peak.get(pid, -1):
+                self.peak[pid] = rss
+        self.samples += 1
+
+
 # --------------------------------------------------------------------------
 # Processes
 # --------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
-
-
-class RedisProcess:
-    """A private ``redis-server`` on a free port that keeps nothing on disk."""
-
-    def __init__(self, workdir: Path):
-        self.workdir = workdir
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisProcess:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not on PATH (apt-get install redis-server)")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        if not wait_until(self.ping, 10):
-            self.stop()
-            raise RuntimeError("redis-server did not answer PING within 10 s")
-        return self
-
-    def ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
 
 
 class LaunchedServer:
@@ -387,16 +315,7 @@ class LaunchedServer:
             return ""
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(self.stop_grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
+        stop_group(self.process, self.stop_grace)
 
 
 @dataclass
@@ -468,8 +387,8 @@ class ServerProcess(LaunchedServer):
         """``master``, ``worker`` (a forked gunicorn worker) or what another child runs."""
         if pid == self.master_pid:
             return "master"
-        command = proc_cmdline(pid)
-        if command == proc_cmdline(self.master_pid) or any("worker" in c for c in command):
+        command = command_line(pid)
+        if command == command_line(self.master_pid) or any("worker" in c for c in command):
             return "worker"
         if "resumable" in command:  # e.g. the `resumable gc` collector the master starts
             return " ".join(command[command.index("resumable") + 1 :])[:24] or "child"
@@ -554,16 +473,7 @@ def read_response_head(sock: socket.socket, limit: int = 65536) -> tuple[int, di
         data += chunk
         if len(data) > limit:
             raise HttpError("response head is too large")
-    head = bytes(data).split(b"\r\n\r\n", 1)[0].decode("latin-1")
-    status_line, *lines = head.split("\r\n")
-    parts = status_line.split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/"):
-        raise HttpError(f"bad status line {status_line!r}")
-    headers: dict[str, str] = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(parts[1]), headers
+    return parse_head(bytes(data).split(b"\r\n\r\n", 1)[0])
 
 
 @dataclass
@@ -928,17 +838,6 @@ class RawConnection:
         if not parsed.keep_alive or closed:
             self.close()
         return parsed.status, parsed.headers
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        headers: dict[str, str] | None = None,
-        body_size: int = 0,
-        buffer: memoryview | None = None,
-    ) -> tuple[int, dict[str, str]]:
-        self.send_request(method, path, headers, body_size, buffer)
-        return self.read_response(head_only=method == "HEAD")
 
     def close(self) -> None:
         if self.open:

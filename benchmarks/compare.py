@@ -166,14 +166,12 @@ from benchmarks.common import (  # noqa: E402
     LaunchedServer,
     MiB,
     RawConnection,
-    RedisProcess,
     RssSampler,
     ServerProcess,
     baseline_write,
     data_file_of,
     fill_buffer,
     format_size,
-    free_port,
     host_info,
     log_trouble,
     mb_per_s,
@@ -192,11 +190,13 @@ from benchmarks.common import (  # noqa: E402
     request,
     to_mib,
     to_ms,
-    wait_until,
 )
 from benchmarks.slow_clients import Plan as OpenLoopPlan  # noqa: E402
 from benchmarks.slow_clients import run_open_loop  # noqa: E402
 from resumable.settings import Settings  # noqa: E402
+from tests.support.processes import free_port  # noqa: E402
+from tests.support.redis_servers import RedisServer  # noqa: E402
+from tests.support.waiting import wait_until  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TUS_NODE_DIR = Path(__file__).resolve().parent / "tus-node"
@@ -371,6 +371,12 @@ def head_offset(ep: Endpoint, path: str, timeout: float = 60) -> int | None:
     return int(headers.get("upload-offset", "-1"))
 
 
+def unfinished(ep: Endpoint, path: str, size: int) -> str | None:
+    """Why HEAD does not show the upload at ``path`` complete at ``size`` (None: it does)."""
+    offset = head_offset(ep, path)
+    return None if offset == size else f"HEAD Upload-Offset is {offset}, expected {size}"
+
+
 def delete(ep: Endpoint, path: str, attempts: int = 5) -> str | None:
     """DELETE an upload, again while it is locked (423/409); the error text or None."""
     if not ep.real:
@@ -439,13 +445,10 @@ def step_one_patch(ctx: Context, ep: Endpoint, size: int, index: int) -> Measure
         before = {pid: proc_memory(pid).get("VmRSS", 0) for pid in ep.pids()}
         with RssSampler(ep.pids, 0.01) as sampler:
             timing = raw_patch(ep.host, ep.port, path, 0, size, ctx.buffer, timeout=1800)
-        error = None
         if timing.status != 204:
             error = f"PATCH answered {timing.status} {timing.headers}"
         else:
-            offset = head_offset(ep, path)
-            if offset != size:
-                error = f"HEAD Upload-Offset is {offset}, expected {size}"
+            error = unfinished(ep, path, size)
     finally:
         delete_error = delete(ep, path)
     return Measure(
@@ -474,11 +477,12 @@ def step_patches(ctx: Context, ep: Endpoint, size: int, patch: int, index: int) 
                     if not conn.open:
                         conn = RawConnection(ep.host, ep.port)
                         reconnects += 1
-                    status, headers = conn.request(
+                    conn.send_request(
                         "PATCH", path,
                         {**TUS, "Upload-Offset": str(offset), "Content-Type": OFFSET_STREAM},
                         n, ctx.buffer,
                     )
+                    status, headers = conn.read_response()
                     patches += 1
                     new_offset = int(headers.get("upload-offset", "-1"))
                     if status != 204 or (ep.real and new_offset != offset + n):
@@ -489,9 +493,7 @@ def step_patches(ctx: Context, ep: Endpoint, size: int, patch: int, index: int) 
                 wall = time.perf_counter() - t0
                 conn.close()
         if error is None and ep.real:
-            final = head_offset(ep, path)
-            if final != size:
-                error = f"HEAD Upload-Offset is {final}, expected {size}"
+            error = unfinished(ep, path, size)
     finally:
         delete_error = delete(ep, path)
     return Measure(
@@ -874,8 +876,8 @@ def create_many(ep: Endpoint, count: int, length: int) -> list[str]:
         for _ in range(count):
             if not conn.open:
                 conn = RawConnection(ep.host, ep.port)
-            status, headers = conn.request("POST", ep.base_path,
-                                           {**TUS, "Upload-Length": str(length)})
+            conn.send_request("POST", ep.base_path, {**TUS, "Upload-Length": str(length)})
+            status, headers = conn.read_response()
             if status != 201:
                 raise RuntimeError(f"POST answered {status} {headers}")
             paths.append(location_path(headers))
@@ -1576,7 +1578,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(plan, buffer, scratch)
     logs = {name: plan.json.with_name(f"{plan.json.stem}.{name}.log")
             for name in (*SUBJECTS, "resumable-redis")}
-    redis: RedisProcess | None = None
+    redis: RedisServer | None = None
     servers: dict[str, Any] = {}
     results: dict[str, Any] = {}
     trouble: dict[str, list[str]] = {}
@@ -1594,7 +1596,7 @@ def main(argv: list[str] | None = None) -> int:
         endpoints = [endpoint_of("tus-node", tus), endpoint_of("resumable", ours)]
         if "g" in plan.workloads and shutil.which("redis-server"):
             # (g) also runs against the Redis registry, with a private redis-server.
-            redis = RedisProcess(workdir / "redis").start()
+            redis = RedisServer(workdir / "redis").start()
             with_redis = ServerProcess(workdir / "resumable-redis",
                                        workdir / "resumable-redis.log",
                                        workers=Settings.workers, redis_url=redis.url).start()

@@ -100,7 +100,6 @@ from benchmarks.common import (  # noqa: E402
     GiB,
     MiB,
     PatchTiming,
-    RedisProcess,
     RssSampler,
     ServerProcess,
     WriteTiming,
@@ -124,6 +123,7 @@ from benchmarks.common import (  # noqa: E402
     to_mib,
 )
 from resumable.settings import Settings  # noqa: E402
+from tests.support.redis_servers import RedisServer  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = REPO_ROOT / "bench-results" / "patch_throughput.json"
@@ -585,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="resumable-bench-"))
     data_dir = (args.data_dir or workdir / "data").resolve()
-    redis: RedisProcess | None = None
+    redis: RedisServer | None = None
     server: ServerProcess | None = None
     results: list[SizeResult] = []
     config: dict[str, Any] = {}
@@ -595,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         redis_url = args.redis_url
         if args.start_redis:
-            redis = RedisProcess(workdir / "redis").start()
+            redis = RedisServer(workdir / "redis").start()
             redis_url = redis.url
         server = ServerProcess(
             data_dir=data_dir,

@@ -15,7 +15,6 @@ import argparse
 import collections
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -26,22 +25,18 @@ from pathlib import Path
 
 import requests
 
+if __package__ in (None, ""):  # run as a file: make `tests` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.support.processes import child_pids, command_line, free_port, stop_group  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 TUS = {"Tus-Resumable": "1.0.0"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def workers_of(master: int) -> list[int]:
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    return [
-        int(pid) for pid in children
-        if b"gc" not in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    ]
+    """The gunicorn workers: the master's children but the `resumable gc` collector."""
+    return [pid for pid in child_pids(master) if "gc" not in command_line(pid)]
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
@@ -171,8 +166,7 @@ def main() -> int:
         else:
             print("py-spy is not installed: no frame profile")
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(10)
+        stop_group(server)
         shutil.rmtree(data, ignore_errors=True)
     return 0
 

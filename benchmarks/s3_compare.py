@@ -44,23 +44,24 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.processes import free_port, stop_group
+from tests.support.waiting import wait_until
+
 from .common import (
     GiB,
     MiB,
+    Sampler,
     ServerProcess,
     fill_buffer,
     format_size,
-    free_port,
     host_info,
     median,
     now_iso,
     parse_size,
-    wait_until,
 )
 from .compare import (
     Context,
@@ -119,41 +120,24 @@ class MotoProcess:
         return name
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(15)
+        stop_group(self.process, 15)
 
 
-class SpoolSampler:
+class SpoolSampler(Sampler):
     """The peak bytes of the files under ``directory``, sampled in a thread."""
 
     def __init__(self, directory: Path, interval: float = 0.01):
+        super().__init__(interval, "spool-sampler")
         self.directory = directory
-        self.interval = interval
         self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="spool-sampler", daemon=True)
 
-    def _size(self) -> int:
+    def sample(self) -> None:
         total = 0
         for root, _dirs, files in os.walk(self.directory):
             for name in files:
                 with contextlib.suppress(OSError):
                     total += os.stat(os.path.join(root, name)).st_size
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._size())
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> SpoolSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        self.peak = max(self.peak, total)
 
 
 def peak_rss(measure: Measure, name: str) -> int | None:

@@ -8,6 +8,10 @@ the Redis registry with uploads kept in moto's S3 server). With a
 ``proxied-`` prefix (``proxied-redis-s3``) the backend is served by two
 replicas behind nginx with the shipped config, each with its own data
 directory when uploads live in S3, sharing one otherwise.
+
+The fixtures serve every subpackage of tests/ (the helpers they use are in
+support/): ``guarded_client`` makes clients held to the suite's rule of no 5xx
+and no traceback in the server's log.
 """
 
 from __future__ import annotations
@@ -28,15 +32,17 @@ from .support import (
     RedisServer,
     Server,
     TusClient,
+    assert_no_traceback,
+    guarded,
     split_backend,
 )
 
 BACKENDS = ("embedded", "redis")
-#: The Redis deployment each Redis backend runs on: the session fixture that starts it.
-REDIS_FIXTURES = {
-    "redis": "redis_server",
-    "redis-cluster": "redis_cluster",
-    "redis-sentinel": "redis_sentinel",
+#: The Redis deployment each Redis registry of a backend runs on.
+REDIS_DEPLOYMENTS: dict[str, type[RedisServer | RedisCluster | RedisSentinel]] = {
+    "redis": RedisServer,
+    "redis-cluster": RedisCluster,
+    "redis-sentinel": RedisSentinel,
 }
 
 
@@ -66,24 +72,28 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
+def redis_deployment(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[[str], RedisServer | RedisCluster | RedisSentinel]]:
+    """redis_deployment(kind) -> the session's Redis deployment of that kind (``redis``,
+    ``redis-cluster``, ``redis-sentinel``): started when first asked for, as a Cluster
+    or a Sentinel takes seconds, and stopped at the end of the session."""
+    started: dict[str, RedisServer | RedisCluster | RedisSentinel] = {}
+
+    def deployment(kind: str) -> RedisServer | RedisCluster | RedisSentinel:
+        if kind not in started:
+            started[kind] = REDIS_DEPLOYMENTS[kind](tmp_path_factory.mktemp(kind)).start()
+        return started[kind]
+
+    yield deployment
+    for running in started.values():
+        running.stop()
 
 
 @pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster")).start()
-    yield cluster
-    cluster.stop()
-
-
-@pytest.fixture(scope="session")
-def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel]:
-    sentinel = RedisSentinel(tmp_path_factory.mktemp("redis-sentinel")).start()
-    yield sentinel
-    sentinel.stop()
+def redis_server(redis_deployment: Callable[[str], RedisServer]) -> RedisServer:
+    """The session's redis-server, shared by every test that needs one Redis."""
+    return redis_deployment("redis")
 
 
 @pytest.fixture(scope="session")
@@ -94,12 +104,12 @@ def s3() -> Iterator[MotoS3]:
 
 
 @pytest.fixture(scope="session")
-def redis_url_for(request: pytest.FixtureRequest) -> Callable[[str], str | None]:
+def redis_url_for(redis_deployment: Callable[[str], RedisServer]) -> Callable[[str], str | None]:
     """redis_url_for(backend) -> the URL of its Redis deployment (None: embedded)."""
 
     def url(backend: str) -> str | None:
-        name = REDIS_FIXTURES.get(split_backend(backend)[0])
-        return None if name is None else request.getfixturevalue(name).url
+        registry = split_backend(backend)[0]
+        return redis_deployment(registry).url if registry in REDIS_DEPLOYMENTS else None
 
     return url
 
@@ -174,3 +184,23 @@ def server(backend: str, start_server) -> Server:
 @pytest.fixture
 def tus(server: Server) -> TusClient:
     return TusClient(server.endpoint)
+
+
+@pytest.fixture
+def guarded_client() -> Iterator[Callable[[Server | Proxied], TusClient]]:
+    """Factory: guarded_client(server) -> a client whose every 5xx fails the test.
+
+    At the end of the test each such server's log, from when its client was
+    made, must hold no traceback.
+    """
+    made: list[tuple[Server | Proxied, TusClient, int]] = []
+
+    def make(server: Server | Proxied) -> TusClient:
+        client = guarded(server)
+        made.append((server, client, len(server.log())))
+        return client
+
+    yield make
+    for server, client, log_start in made:
+        client.session.close()
+        assert_no_traceback(server, log_start)

@@ -1,1 +1,1 @@
-"""Flask apps that mount the endpoint, as the teams adopting it write them."""
+"""What teams write around the endpoint, loaded by module path: a Flask host app, hooks."""

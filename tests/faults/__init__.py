@@ -1,1 +1,1 @@
-"""Fault-injection suites (hostile input, process faults) against real servers."""
+"""Faults against real servers: killed and stopped processes, hostile and idle clients, restarts."""

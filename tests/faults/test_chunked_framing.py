@@ -18,20 +18,22 @@ so nothing of the request is kept). Each test prints
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import hashlib
-import socket
-import threading
-import time
 from dataclasses import dataclass, field
 
 import pytest
 
 from resumable.body import MAX_CHUNK_LINE, MAX_TRAILERS
 
-from ..support import OFFSET_STREAM, Server, TusClient
-from .test_hostile_input import RawResponse, _parse_response, _read_until_closed, upload_id
+from ..support import (
+    OFFSET_STREAM,
+    RawResponse,
+    Server,
+    TusClient,
+    assert_no_traceback,
+    checksum_header,
+    raw_request,
+    upload_id,
+)
 
 BASE = "/files/"
 #: Valid chunks sent before every bad line: their 8 bytes are kept without a checksum.
@@ -56,8 +58,7 @@ REASONS = {
 
 
 def checksum_trailer(data: bytes) -> bytes:
-    digest = base64.b64encode(hashlib.sha1(data).digest())
-    return b"Upload-Checksum: sha1 " + digest + b"\r\n"
+    return f"Upload-Checksum: {checksum_header('sha1', data)}\r\n".encode()
 
 
 @dataclass(frozen=True)
@@ -149,37 +150,18 @@ def send_chunked(
     headers: list[tuple[str, str]],
     body: bytes,
     pieces: int = 1,
-    timeout: float = 20.0,
 ) -> RawResponse:
     """A chunked PATCH whose framing goes out byte for byte, read to the close.
 
     ``pieces`` > 1 sends the body in that many parts with a pause between
-    them, so the server gets its lines in several reads. A thread sends while
-    the answer is read: the server may answer before the body is all out.
+    them, so the server gets its lines in several reads.
     """
-    lines = [f"PATCH {target} HTTP/1.1", f"Host: 127.0.0.1:{server.port}"]
-    lines += [f"{name}: {value}" for name, value in headers]
-    lines += ["Transfer-Encoding: chunked", "Connection: close"]
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    headers = [*headers, ("Transfer-Encoding", "chunked")]
+    if pieces == 1:
+        return raw_request(server, "PATCH", target, headers, body)
     step = -(-len(body) // pieces)
     parts = [body[start : start + step] for start in range(0, len(body), step)]
-    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as sock:
-
-        def send() -> None:
-            with contextlib.suppress(OSError):
-                if pieces == 1:
-                    sock.sendall(head + body)
-                    return
-                sock.sendall(head)
-                for part in parts:
-                    time.sleep(0.01)
-                    sock.sendall(part)
-
-        sender = threading.Thread(target=send, daemon=True)
-        sender.start()
-        data = _read_until_closed(sock)
-        sender.join(timeout)
-    return _parse_response(data)
+    return raw_request(server, "PATCH", target, headers, parts, pause=0.01)
 
 
 @dataclass
@@ -253,8 +235,7 @@ class Probe:
         )
         print(line + (f", 2xx {self.accepted}" if self.accepted else ""))
         assert not self.problems, "\n".join(self.problems)
-        log = self.server.log()
-        assert "Traceback" not in log, log[-4000:]
+        assert_no_traceback(self.server)
 
 
 VARIANTS = ["plain", "checksum-trailer"]

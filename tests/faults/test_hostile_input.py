@@ -21,13 +21,9 @@ Each test prints ``<scenario>: inputs tried N, 5xx 0, state changes on 4xx 0``.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import os
 import re
-import socket
-import subprocess
-import threading
 import time
 import unicodedata
 from collections import Counter
@@ -40,9 +36,18 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from ..support import OFFSET_STREAM, Server, TusClient, wait_until
+from ..support import (
+    OFFSET_STREAM,
+    RawResponse,
+    Server,
+    TusClient,
+    b64,
+    chunked_request,
+    encode_metadata,
+    raw_request,
+    upload_id,
+)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE = "/files/"
 LIMIT_MAX_SIZE = 100_000
 LIMIT_CONCAT_PARTS = 50
@@ -58,15 +63,6 @@ PATH_EXAMPLES = 250
 FUZZ_TOTAL: Counter = Counter()
 
 
-def b64(value: str | bytes) -> str:
-    data = value.encode() if isinstance(value, str) else value
-    return base64.b64encode(data).decode()
-
-
-def upload_id(url: str) -> str:
-    return url.rstrip("/").rsplit("/", 1)[1]
-
-
 def sidecars(server: Server) -> frozenset[str]:
     """The sidecar records on disk: one per upload that exists."""
     return frozenset(path.name for path in (server.data_dir / "uploads").glob("*.json"))
@@ -75,127 +71,6 @@ def sidecars(server: Server) -> frozenset[str]:
 def report(scenario: str, tried: int, server_errors: int, changed: int, extra: str = "") -> None:
     line = f"{scenario}: inputs tried {tried}, 5xx {server_errors}, state changes on 4xx {changed}"
     print(line + (f" ({extra})" if extra else ""))
-
-
-# --------------------------------------------------------------------------
-# Raw HTTP/1.1 over a socket
-# --------------------------------------------------------------------------
-
-
-@dataclass
-class RawResponse:
-    status: int  # 0: the connection closed without an answer
-    head: bytes  # status line and header lines, as received
-    headers: list[tuple[str, str]]  # (lower-cased name, value), in order
-    body: bytes
-
-    def get(self, name: str) -> str | None:
-        values = self.all(name)
-        return values[0] if values else None
-
-    def all(self, name: str) -> list[str]:
-        return [value for key, value in self.headers if key == name.lower()]
-
-
-def _as_bytes(value: str | bytes) -> bytes:
-    return value.encode("latin-1") if isinstance(value, str) else value
-
-
-def _parse_response(data: bytes) -> RawResponse:
-    head, separator, rest = data.partition(b"\r\n\r\n")
-    if not separator:
-        return RawResponse(0, data, [], b"")
-    lines = head.split(b"\r\n")
-    parts = lines[0].split(b" ", 2)
-    status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-    headers = []
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        headers.append((name.decode("latin-1").lower(), value.strip().decode("latin-1")))
-    body = rest
-    length = [v for k, v in headers if k == "content-length"]
-    if length and length[0].isdigit():
-        body = rest[: int(length[0])]
-    return RawResponse(status, head, headers, body)
-
-
-def _read_until_closed(sock: socket.socket) -> bytes:
-    data = bytearray()
-    with contextlib.suppress(ConnectionResetError):
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    return bytes(data)
-
-
-def raw_request(
-    server: Server,
-    method: str | bytes,
-    target: str | bytes,
-    headers: list[tuple[str | bytes, str | bytes]] | tuple = (),
-    body: bytes = b"",
-    timeout: float = 20.0,
-) -> RawResponse:
-    """One request on its own connection (``Connection: close``), read to the end.
-
-    Header values go out byte for byte (a str is encoded as latin-1); only CR
-    and LF are dropped so that one header stays one header line. A body gets
-    an exact Content-Length.
-    """
-    lines = [_as_bytes(method) + b" " + _as_bytes(target) + b" HTTP/1.1"]
-    lines.append(f"Host: 127.0.0.1:{server.port}".encode())
-    for name, value in headers:
-        clean = _as_bytes(value).replace(b"\r", b"").replace(b"\n", b"")
-        lines.append(_as_bytes(name) + b": " + clean)
-    if body:
-        lines.append(f"Content-Length: {len(body)}".encode())
-    lines.append(b"Connection: close")
-    request = b"\r\n".join(lines) + b"\r\n\r\n" + body
-    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as sock:
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            sock.sendall(request)
-        return _parse_response(_read_until_closed(sock))
-
-
-def chunked_request(
-    server: Server,
-    method: str,
-    target: str,
-    headers: list[tuple[str, str]],
-    total: int,
-    chunk: int = 16 * 1024,
-    timeout: float = 30.0,
-) -> tuple[RawResponse, int]:
-    """A chunked body of ``total`` bytes (no Content-Length), sent by a thread
-    while the answer is read; returns the answer and how many bytes went out."""
-    lines = [f"{method} {target} HTTP/1.1", f"Host: 127.0.0.1:{server.port}"]
-    lines += [f"{name}: {value}" for name, value in headers]
-    lines += ["Transfer-Encoding: chunked", "Connection: close"]
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    sent = [0]
-    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as sock:
-
-        def send() -> None:
-            with contextlib.suppress(OSError):
-                sock.sendall(head)
-                piece = b"x" * chunk
-                left = total
-                while left > 0:
-                    part = piece[: min(chunk, left)]
-                    sock.sendall(b"%x\r\n" % len(part) + part + b"\r\n")
-                    left -= len(part)
-                    sent[0] += len(part)
-                sock.sendall(b"0\r\n\r\n")
-
-        sender = threading.Thread(target=send, daemon=True)
-        sender.start()
-        data = _read_until_closed(sock)
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-        sender.join(timeout)
-    return _parse_response(data), sent[0]
 
 
 # --------------------------------------------------------------------------
@@ -1009,7 +884,7 @@ def test_final_with_too_many_parts(server: Server, limits_server: Server, backen
         part = upload_id(part_url)
         forms = {"bare": part, "relative": f"{BASE}{part}", "absolute": part_url}
         cases = [("bare", limit + 1), ("bare", 1900), ("absolute", limit + 1)]
-        if limit == LIMIT_CONCAT_PARTS:  # (1001 relative URLs: tests/test_extensions.py)
+        if limit == LIMIT_CONCAT_PARTS:  # (1001 relative URLs: tests/extensions/test_extensions.py)
             cases.append(("relative", limit + 1))
         for form, count in cases:
             value = "final;" + " ".join([forms[form]] * count)
@@ -1123,7 +998,7 @@ def content_disposition(value: str) -> tuple[str, list[tuple[str, str]]]:
 
 def finished_upload(server: Server, body: bytes, metadata: dict[str, bytes | str]) -> str:
     """A complete upload made in one POST; metadata values may be any bytes."""
-    pairs = ",".join(f"{key} {b64(value)}" for key, value in metadata.items())
+    pairs = encode_metadata(**metadata)
     headers = [("Upload-Length", str(len(body)))]
     if pairs:
         headers.append(("Upload-Metadata", pairs))
@@ -1139,7 +1014,7 @@ def download_problems(response: RawResponse, body: bytes) -> list[str]:
     for line in lines:
         if not _FIELD_LINE.fullmatch(line):
             problems.append(f"not a clean header line: {line!r}")
-    names = [name for name, _ in response.headers]
+    names = [name for name, _ in response.fields]
     for name in ("content-disposition", "content-type", "x-content-type-options"):
         if names.count(name) != 1:
             problems.append(f"{names.count(name)} {name} lines")
@@ -1357,44 +1232,14 @@ def test_download_ascii_fallback_name_has_no_separators(server: Server, backend:
 # 10. Access control through --auth-hook
 # --------------------------------------------------------------------------
 
-HOOK = "tests.faults.auth_hook_example:authorize"
+HOOK = "tests.apps.auth_hook:authorize"
 TOKEN = "s3cret-" + os.urandom(8).hex()
 GOOD = {"Authorization": f"Bearer {TOKEN}"}
 
 
-class HookedServer(Server):
-    """A Server whose process gets extra environment variables (the hook's token and
-    log) and runs from the repository root, so ``tests.faults`` can be imported."""
-
-    def __init__(self, data_dir: Path, env: dict[str, str], **kwargs: object):
-        super().__init__(data_dir, **kwargs)  # type: ignore[arg-type]
-        self.env = env
-
-    def start(self) -> HookedServer:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, **self.env)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p
-        )
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                self.command(),
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-                env=env,
-                cwd=REPO_ROOT,
-            )
-        if not wait_until(self.ready, 20, 0.1):
-            self.stop()
-            raise RuntimeError(f"server did not start:\n{self.log()}")
-        wait_until(lambda: len(self.worker_pids()) >= self.workers, 10)
-        return self
-
-
 @dataclass
 class Hooked:
-    server: HookedServer
+    server: Server
     log: Path
     deny: Path
 
@@ -1416,7 +1261,7 @@ def hooked(
     redis_url = request.getfixturevalue("redis_server").url if backend == "redis" else None
     log, deny = workdir / "hook.log", workdir / "deny-read"
     env = {"HOOK_TOKEN": TOKEN, "HOOK_LOG": str(log), "HOOK_DENY_READ": str(deny)}
-    server = HookedServer(workdir / "data", env, redis_url=redis_url, auth_hook=HOOK).start()
+    server = Server(workdir / "data", redis_url=redis_url, env=env, auth_hook=HOOK).start()
     yield Hooked(server, log, deny)
     server.stop()
 

@@ -37,31 +37,22 @@ from resumable.filestore import read_sidecar_file
 from ..support import (
     OFFSET_STREAM,
     TUS,
+    MiB,
+    Pattern,
+    RawPatch,
     RedisServer,
     Server,
     TusClient,
-    connection_owner,
-    serving_workers,
-    split_backend,
-)
-from .process_tools import (
-    PIECE,
-    Blob,
-    MiB,
-    RawPatch,
-    Resumer,
-    Tally,
     checksum_header,
-    chunked_wire,
+    connection_owner,
     data_file,
-    file_prefix_matches,
-    file_snapshot,
     paced,
-    payload_in_prefix,
-    random_buffer,
-    settle_offset,
-    wait_for,
+    sidecar_file,
+    split_backend,
+    wait_until,
 )
+from ..support.http import chunked_wire, payload_in_prefix
+from ..support.resumer import PIECE, Resumer, Tally, file_snapshot, settle_offset
 
 # --------------------------------------------------------------------------
 # Fixtures: servers stopped at the end of each test (2 shared cores)
@@ -131,11 +122,10 @@ def test_killed_workers(backend: str, launch) -> None:
     on_s3 = split_backend(backend)[1] == "s3"
     uploads = UPLOADS // 2 if on_s3 or backend == "redis-cluster" else UPLOADS
     sizes = upload_sizes(rng, uploads)
-    buffer = random_buffer(2, 65 * MiB)
     starts = rng.sample(range(MiB), uploads)
     rates = [rng.uniform(8, 32) * MiB for _ in range(uploads)]
     blobs = [
-        Blob(f"upload {i} ({size} bytes)", buffer[start : start + size])
+        Pattern(size, seed=2, offset=start, name=f"upload {i} ({size} bytes)")
         for i, (size, start) in enumerate(zip(sizes, starts, strict=True))
     ]
 
@@ -154,7 +144,7 @@ def test_killed_workers(backend: str, launch) -> None:
         while not stop.wait(chaos_rng.uniform(0.2, 1.2)):
             if not streaming[0]:
                 continue
-            workers = serving_workers(server)
+            workers = server.worker_pids()
             if not workers:
                 continue
             victim = chaos_rng.choice(workers)
@@ -196,7 +186,7 @@ def test_killed_workers(backend: str, launch) -> None:
         report(tally)
     elapsed = time.monotonic() - started
     interrupted = sum(r.interrupted for r in resumers)
-    assert wait_for(lambda: len(serving_workers(server)) == 2, 20), "workers were not respawned"
+    assert wait_until(lambda: len(server.worker_pids()) == 2, 20), "workers were not respawned"
     details = (
         f"{sum(sizes) / MiB:.0f} MiB in {uploads} uploads, {elapsed:.1f} s; "
         f"{len(kills)} workers killed, {interrupted} PATCHes cut; statuses {tally.statuses}"
@@ -231,7 +221,6 @@ def test_dropped_clients(backend: str, launch) -> None:
     tally = Tally(f"dropped clients [{backend}]")
     rng = random.Random(20)
     server = launch(backend, workers=2, lock_ttl=LOCK_TTL)
-    buffer = random_buffer(21, 4 * MiB)
     cases = [
         (framing, algorithm, ending, round_no)
         for round_no in range(DROP_ROUNDS)
@@ -242,7 +231,7 @@ def test_dropped_clients(backend: str, launch) -> None:
     failures: list[str] = []
     try:
         for number, (framing, algorithm, ending, _round) in enumerate(cases):
-            outcome = _drop_once(server, tally, rng, buffer, number, framing, algorithm, ending)
+            outcome = _drop_once(server, tally, rng, number, framing, algorithm, ending)
             if outcome:
                 failures.append(outcome)
     finally:
@@ -256,7 +245,6 @@ def _drop_once(
     server: Server,
     tally: Tally,
     rng: random.Random,
-    buffer: memoryview,
     number: int,
     framing: str,
     algorithm: str | None,
@@ -266,7 +254,7 @@ def _drop_once(
     size = rng.randrange(MiB, 3 * MiB)
     start = rng.randrange(MiB)
     name = f"drop {number} ({framing}, {algorithm or 'no checksum'}, {ending})"
-    blob = Blob(name, buffer[start : start + size])
+    blob = Pattern(size, seed=21, offset=start, name=name)
     client = Resumer(server.endpoint, tally, chunked=framing == "chunked", checksum=algorithm)
     url = client.create(blob)
     # Cases vary (with the ending, number % 3) whether bytes were acknowledged
@@ -317,7 +305,7 @@ def _drop_once(
         problems.append(f"half-closed body answered {answer and answer.status}, expected 400")
     if ending != "reset" and not algorithm:
         # A HEAD is a soft request: the holder commits what it read and goes on.
-        wait_for(lambda: client.head(url).headers.get("Upload-Offset") == str(expected), 5)
+        wait_until(lambda: client.head(url).headers.get("Upload-Offset") == str(expected), 5)
     settle_started = time.monotonic()
     status, settled = settle_offset(url, expected)
     settle_seconds = time.monotonic() - settle_started
@@ -341,7 +329,7 @@ def _drop_once(
         problems.append(f"reset: offset {settled} outside [{prior}, {received}]")
     if stored != settled:
         problems.append(f"data file holds {stored} bytes, offset {settled}")
-    if not file_prefix_matches(path, blob, min(settled, stored)):
+    if not blob.matches_file(path, min(settled, stored)):
         tally.add_verified(False, f"{name}: stored prefix differs from the bytes sent")
 
     client.finish(url, blob, acknowledged=max(prior, settled))
@@ -392,13 +380,11 @@ def test_redis_outage(launch, tmp_path: Path) -> None:
 def _redis_outage(
     server: Server, redis_server: RedisServer, tally: Tally, rng: random.Random
 ) -> None:
-    buffer = random_buffer(31, 32 * MiB)
     client = Resumer(server.endpoint, tally)
     tus = TusClient(server.endpoint)
 
-    def blob(name: str, size: int) -> Blob:
-        start = rng.randrange(MiB)
-        return Blob(name, buffer[start : start + size])
+    def blob(name: str, size: int) -> Pattern:
+        return Pattern(size, seed=31, offset=rng.randrange(MiB), name=name)
 
     done = blob("finished before the outage", 3 * MiB + 5)
     idle = blob("created, no bytes yet", 5 * MiB)
@@ -423,7 +409,7 @@ def _redis_outage(
         raws.append(raw)
     for b in streaming:
         # HEAD is a soft request: the holder commits what it has and goes on.
-        assert wait_for(lambda b=b: tus.offset(urls[b.name]) >= 3 * MiB, 10), b.name
+        assert wait_until(lambda b=b: tus.offset(urls[b.name]) >= 3 * MiB, 10), b.name
         acknowledged[b.name] = tus.offset(urls[b.name])
     time.sleep(0.5)  # more bytes written and not yet committed
     assert not any(raw.answered.is_set() for raw in raws)
@@ -444,7 +430,7 @@ def _redis_outage(
 
     before = file_snapshot(server.data_dir)
     sidecars = {
-        b.name: read_sidecar_file(data_file(server, urls[b.name]).with_suffix(".json"))
+        b.name: read_sidecar_file(sidecar_file(server, urls[b.name]))
         for b in uploads
     }
     extra = blob("created during the outage", MiB)
@@ -502,11 +488,10 @@ def test_stale_lock_holder(launch) -> None:
     must answer 423 and write none of them."""
     tally = Tally("stale lock holder")
     server = launch("redis", workers=2, lock_ttl=LOCK_TTL)
-    buffer = random_buffer(41, 13 * MiB)
     problems: list[str] = []
     try:
         for round_no, while_streaming in enumerate((False, True)):
-            blob = Blob(f"round {round_no}", buffer[round_no * 4099 : round_no * 4099 + 12 * MiB])
+            blob = Pattern(12 * MiB, seed=41, offset=round_no * 4099, name=f"round {round_no}")
             problems += _stale_holder_round(server, tally, blob, while_streaming)
     finally:
         report(tally)
@@ -516,7 +501,7 @@ def test_stale_lock_holder(launch) -> None:
 
 
 def _stale_holder_round(
-    server: Server, tally: Tally, blob: Blob, while_streaming: bool
+    server: Server, tally: Tally, blob: Pattern, while_streaming: bool
 ) -> list[str]:
     """A streams, is stopped past its TTL; B takes over; A wakes up to find bytes.
 
@@ -532,9 +517,9 @@ def _stale_holder_round(
     holder.send_headers()
     worker = connection_owner(server, holder.sock)
     assert worker is not None, "no worker holds the PATCH connection"
-    assert holder.send(blob.data[:first])
+    assert holder.send(blob.bytes(0, first))
     # HEAD is a soft request: the holder commits all it read and goes on.
-    assert wait_for(lambda: tus.offset(url) == first, 10), "the holder never committed"
+    assert wait_until(lambda: tus.offset(url) == first, 10), "the holder never committed"
     acknowledged = first
 
     tus.session.close()  # a kept-alive connection may be A's: new ones go to the other worker
@@ -557,7 +542,7 @@ def _stale_holder_round(
             taker = RawPatch(server, url, offset, blob.size - offset)
             taker.send_headers()
             taker.feed(paced(blob.pieces(offset, piece=64 * 1024), 2 * MiB))
-            assert wait_for(lambda: tus.offset(url) > offset + MiB, 15), "B never took over"
+            assert wait_until(lambda: tus.offset(url) > offset + MiB, 15), "B never took over"
             took_over = tus.offset(url)
         else:
             # B appends 4 MiB and is done with the lock before A wakes up.
@@ -608,7 +593,7 @@ def _stale_holder_round(
             tally.status(finished.status, "the takeover PATCH")
         if finished is None or finished.status != 204 or finished.offset != blob.size:
             problems.append(f"{blob.name}: B's PATCH answered {finished}")
-    if not file_prefix_matches(data_file(server, url), blob, min(took_over, blob.size)):
+    if not blob.matches_file(data_file(server, url), min(took_over, blob.size)):
         problems.append(f"{blob.name}: the file's first {took_over} bytes are not B's")
     client.finish(url, blob, acknowledged=took_over)
     if not client.verify(url, blob):
@@ -677,9 +662,8 @@ def fill_until_full(path: Path) -> None:
 
 
 def _full_disk(server: Server, tally: Tally, disk: Path) -> None:
-    buffer = random_buffer(51, 41 * MiB)
-    filler = Blob("filler", buffer[: 40 * MiB])
-    target = Blob("target", buffer[4093 : 4093 + 40 * MiB])
+    filler = Pattern(40 * MiB, seed=51, name="filler")
+    target = Pattern(40 * MiB, seed=51, offset=4093, name="target")
     client = Resumer(server.endpoint, tally)
     tus = TusClient(server.endpoint)
     filler_url = client.create(filler)
@@ -708,7 +692,7 @@ def _full_disk(server: Server, tally: Tally, disk: Path) -> None:
     assert offset <= stored < target.size, (offset, stored)
     if answer.offset is not None:
         assert answer.offset == offset, (answer.offset, offset)
-    if not file_prefix_matches(path, target, offset):
+    if not target.matches_file(path, offset):
         tally.add_verified(False, "the bytes kept on the full disk differ from those sent")
     problems = []
     if offset < stored - CHUNK:
@@ -782,13 +766,13 @@ def _slow_and_idle(server: Server, tally: Tally) -> None:
     sends the rest), which needs the thread the cut freed: without it two of
     them would sit until read_timeout cut them.
     """
-    buffer = random_buffer(61, 6 * MiB)
     client = Resumer(server.endpoint, tally)
-    stalled = Blob("stalled", buffer[: 4 * MiB])
-    by_byte = Blob("1 byte per 0.5 s", buffer[11:35])
-    by_kib = Blob("1 KiB per s", buffer[101 : 101 + 12 * 1024])
-    meanwhile = Blob("meanwhile", buffer[7 : 7 + MiB])
-    afterwards = [Blob(f"afterwards {i}", buffer[MiB * (i + 1) : MiB * (i + 3)]) for i in range(3)]
+    stalled = Pattern(4 * MiB, seed=61, name="stalled")
+    by_byte = Pattern(24, seed=61, offset=11, name="1 byte per 0.5 s")
+    by_kib = Pattern(12 * 1024, seed=61, offset=101, name="1 KiB per s")
+    meanwhile = Pattern(MiB, seed=61, offset=7, name="meanwhile")
+    afterwards = [Pattern(2 * MiB, seed=61, offset=MiB * (i + 1), name=f"afterwards {i}")
+                  for i in range(3)]
     everything = (stalled, by_byte, by_kib, meanwhile, *afterwards)
     urls = {b.name: client.create(b) for b in everything}
 
@@ -803,7 +787,7 @@ def _slow_and_idle(server: Server, tally: Tally) -> None:
     sent = MiB + 123
     idle = RawPatch(server, urls[stalled.name], 0, stalled.size)
     idle.send_headers()
-    assert idle.send(stalled.data[:sent])
+    assert idle.send(stalled.bytes(0, sent))
     stall_started = time.monotonic()
     tally.fault()
 
@@ -826,9 +810,9 @@ def _slow_and_idle(server: Server, tally: Tally) -> None:
     for blob in afterwards:
         raw = RawPatch(server, urls[blob.name], 0, blob.size)
         raw.send_headers()
-        assert raw.send(blob.data[: blob.size // 2])
+        assert raw.send(blob.bytes(0, blob.size // 2))
         raws.append(raw)
-    all_served = wait_for(
+    all_served = wait_until(
         lambda: all(
             data_file(server, urls[b.name]).stat().st_size >= b.size // 2 for b in afterwards
         ),
@@ -837,7 +821,7 @@ def _slow_and_idle(server: Server, tally: Tally) -> None:
     served_after = time.monotonic() - stall_started - cut_after
     still_slow = all(feeder.is_alive() for _, _, feeder, _ in slow)
     for blob, raw in zip(afterwards, raws, strict=True):
-        raw.send(blob.data[blob.size // 2 :])
+        raw.send(blob.bytes(blob.size // 2))
         finished = raw.response(30)
         raw.close()
         assert finished is not None, f"{blob.name}: no answer"

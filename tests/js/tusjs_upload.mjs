@@ -1,4 +1,4 @@
-// One tus-js-client scenario against a running server, driven by tests/test_client_tusjs.py.
+// One tus-js-client scenario against a running server, driven by tests/clients/test_client_tusjs.py.
 //
 //   node tusjs_upload.mjs '<json>'
 //

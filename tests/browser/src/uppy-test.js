@@ -24,7 +24,7 @@ const state = {
 }
 window.__uppyTest = state
 
-/** Byte i is (i * 31 + 7) & 255; tests/test_browser_uppy.py builds the same bytes. */
+/** Byte i is (i * 31 + 7) & 255; tests/clients/test_browser_uppy.py builds the same bytes. */
 function deterministicBytes (n) {
   const bytes = new Uint8Array(n)
   for (let i = 0; i < n; i++) bytes[i] = (i * 31 + 7) & 255

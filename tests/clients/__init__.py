@@ -1,0 +1,1 @@
+"""Real clients against the real server: tuspy, tus-js-client, Uppy in Chromium, the demo page."""

@@ -1,0 +1,1 @@
+"""How the server is installed and run: scripts, CLI, compose, nginx, Redis deployments, README."""
