@@ -2,7 +2,7 @@
 
 Records, leases, release requests and the concatenation index behave the
 same on the embedded registry and on Redis: the views rely on nothing
-else. tests/test_unit_registry.py runs the same promises on real Redis
+else. tests/storage/test_unit_registry.py runs the same promises on real Redis
 deployments; here they are checked in-process, on the registry an endpoint
 was built with.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -98,19 +99,27 @@ def test_release_requests_reach_the_holder(registry: Registry) -> None:
     second.release()
 
 
-def test_a_newcomer_takes_the_lock_from_a_cooperating_holder(registry: Registry) -> None:
-    record = _new(registry)
-    lease = registry.acquire(record.id)
+def _holder_answering(
+    lease: Any, request: HeartbeatResult, answer: Callable[[], None]
+) -> threading.Thread:
+    """A holder, on a thread of its own, that answers the first ``request`` it reads."""
 
     def holder() -> None:
         deadline = time.monotonic() + 5
-        while lease.heartbeat() is not HeartbeatResult.HARD_RELEASE:
+        while lease.heartbeat() is not request:
             assert time.monotonic() < deadline
             time.sleep(0.005)
-        lease.release()
+        answer()
 
     thread = threading.Thread(target=holder)
     thread.start()
+    return thread
+
+
+def test_a_newcomer_takes_the_lock_from_a_cooperating_holder(registry: Registry) -> None:
+    record = _new(registry)
+    lease = registry.acquire(record.id)
+    thread = _holder_answering(lease, HeartbeatResult.HARD_RELEASE, lease.release)
     registry.acquire(record.id, wait=5).release()
     thread.join()
 
@@ -120,17 +129,12 @@ def test_a_reader_waits_for_the_holder_to_commit(registry: Registry) -> None:
     registry.await_holder_commit(record.id, wait=5)  # nobody holds it: at once
     lease = registry.acquire(record.id)
 
-    def holder() -> None:
-        deadline = time.monotonic() + 5
-        while lease.heartbeat() is not HeartbeatResult.SOFT_RELEASE:
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+    def commit() -> None:
         record.offset = 7
         registry.save(lease, record)
         lease.acknowledge()
 
-    thread = threading.Thread(target=holder)
-    thread.start()
+    thread = _holder_answering(lease, HeartbeatResult.SOFT_RELEASE, commit)
     started = time.monotonic()
     registry.await_holder_commit(record.id, wait=5)
     assert time.monotonic() - started < 4
