@@ -200,15 +200,13 @@ class Registry(ABC):
             else:
                 self.store.delete(record.id)
             raise
-        except TusError:
+        except BaseException as error:
             lease.release()
-            if not lease.published:
-                self.put_record(record)
-            raise
-        except BaseException:
-            lease.release()
-            if not lease.published:
-                self.store.delete(record.id)
+            if not lease.published:  # a TusError keeps what came; anything else, nothing
+                if isinstance(error, TusError):
+                    self.put_record(record)
+                else:
+                    self.store.delete(record.id)
             raise
         lease.release()  # closes the data file if no append took it
         if not lease.published:
